@@ -76,7 +76,8 @@ class PretrainedModelDataset(AbstractVersionedDataset):
     """A :class:`ModelBundle` stored as one ``save_pretrained`` folder, optionally versioned.
 
     With ``versioned: true`` every save goes to ``<path>/<timestamp>/<name>/`` so an earlier
-    model is never overwritten, and a load takes the newest complete version.
+    model is never overwritten, and a load takes the newest complete version. With
+    ``missing_ok: true`` loading when nothing was saved yet returns ``None`` instead of failing.
 
     Catalog example::
 
@@ -91,6 +92,7 @@ class PretrainedModelDataset(AbstractVersionedDataset):
         path: str,
         version: Version | None = None,
         trust_remote_code: bool = False,
+        missing_ok: bool = False,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
@@ -99,12 +101,20 @@ class PretrainedModelDataset(AbstractVersionedDataset):
             exists_function=lambda p: (Path(p) / "config.json").is_file(),
         )
         self._trust_remote_code = trust_remote_code
+        self._missing_ok = missing_ok
         self.metadata = metadata
 
-    def load(self) -> ModelBundle:
+    def load(self) -> ModelBundle | None:
+        if self._missing_ok and not self._exists():
+            return None
         return load_bundle(Path(self._get_load_path()), trust_remote_code=self._trust_remote_code)
 
     def save(self, data: ModelBundle) -> None:
+        root = Path(self._filepath).resolve()
+        if data.source_dir is not None and root in Path(data.source_dir).parents:
+            # Reused unchanged (e.g. the switchable pipeline found a compatible base model):
+            # it is already stored here, so no duplicate version is written.
+            return
         target = Path(self._get_save_path())
         _write_atomically(target, lambda tmp: save_bundle(data, tmp))
         self._clear_version_cache()

@@ -19,6 +19,9 @@ class ModelBundle:
     model: nn.Module
     tokenizer: Any
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The folder it was loaded from (None for a model built in this process). A versioned
+    # dataset does not write a bundle back into the folder tree it was loaded from.
+    source_dir: str | None = field(default=None, compare=False)
 
     @property
     def family(self) -> str:
@@ -53,4 +56,6 @@ def load_bundle(directory: Path, trust_remote_code: bool = False) -> ModelBundle
     else:
         raise ValueError(f"{meta_file}: unknown family {family!r}; expected causal_lm or switchable")
     tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
-    return ModelBundle(model=model, tokenizer=tokenizer, metadata=metadata)
+    return ModelBundle(
+        model=model, tokenizer=tokenizer, metadata=metadata, source_dir=str(directory.resolve())
+    )

@@ -1,0 +1,276 @@
+"""Bit-width configurations to evaluate, and the sweep that evaluates them.
+
+A configuration is uniform (every quantized layer at one width, or full precision), a named
+layer-wise assignment (``{"attn_bits", "mlp_bits"}`` per transformer block) or a seeded random
+layer-wise mix. Everything is validated against the model's widths and depth before any
+evaluation runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+from torch import nn
+from torch.utils.data import Dataset
+
+from router_pipelines.config import check_positive
+from router_pipelines.evaluation.bits import bit_report
+from router_pipelines.evaluation.language_modeling import evaluate_language_model
+from router_pipelines.evaluation.speed import measure_throughput
+from router_pipelines.models.packed import PACKED_WIDTHS, pack_switchable_model
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_WIDTHS = tuple(range(2, 9))  # integer weight widths the quantizers can express
+FULL_PRECISION = "fp"
+LAYER_KEYS = ("attn_bits", "mlp_bits")
+
+
+@dataclass
+class SpeedConfig:
+    """How throughput is measured for every configuration."""
+
+    enabled: bool = True  # False: speed columns are NaN, speed_kind "not_measured"
+    packed: bool = True  # uniform 8/4-bit runs on packed int8/int4 kernels (weight-only)
+    decode_batch_size: int = 1  # tokens_per_s: batch-1 decoding is the memory-bound case
+    decode_tokens: int = 32  # new tokens per decode run (KV cache)
+    prefill_batch_size: int = 1  # prefill_tokens_per_s: one forward over the prompt
+    prefill_seq_len: int = 128
+    warmup: int = 2  # untimed iterations
+    iters: int = 5  # timed iterations (the median is reported)
+
+    def __post_init__(self) -> None:
+        for key in ("decode_batch_size", "decode_tokens", "prefill_batch_size", "prefill_seq_len"):
+            _check_int(key, getattr(self, key), minimum=1)
+        _check_int("warmup", self.warmup, minimum=0)
+        _check_int("iters", self.iters, minimum=1)
+
+
+@dataclass
+class EvalConfig:
+    """Which bit configurations to evaluate, and how."""
+
+    uniform: list[int | str] = field(default_factory=lambda: [2, 4, 8, FULL_PRECISION])
+    # name -> one {"attn_bits": b, "mlp_bits": b} per block (b an int width or "fp")
+    layer_wise: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    random_mixes: int = 0  # K random layer-wise mixes drawn from the model's widths
+    seed: int = 0  # seed of the random mixes
+    batch_size: int = 8  # sequences per evaluation forward
+    max_batches: int | None = None  # None: the whole evaluation set
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.uniform, list):
+            raise ValueError(f"uniform: expected a list of widths, got {self.uniform!r}")
+        for width in self.uniform:
+            _check_width("uniform", width, SUPPORTED_WIDTHS)
+        if len(set(map(str, self.uniform))) != len(self.uniform):
+            raise ValueError(f"uniform: widths repeat in {self.uniform!r}")
+        if not isinstance(self.layer_wise, dict):
+            raise ValueError(
+                f"layer_wise: expected a mapping name -> layer list, got {self.layer_wise!r}"
+            )
+        for name, layers in self.layer_wise.items():
+            _check_layers(f"layer_wise.{name}", layers, SUPPORTED_WIDTHS, n_layer=None)
+        _check_int("random_mixes", self.random_mixes, minimum=0)
+        _check_int("seed", self.seed, minimum=0)
+        _check_int("batch_size", self.batch_size, minimum=1)
+        if self.max_batches is not None:
+            _check_int("max_batches", self.max_batches, minimum=1)
+        if isinstance(self.speed, dict):  # built directly rather than by config_from_dict
+            self.speed = SpeedConfig(**self.speed)
+        if not (self.uniform or self.layer_wise or self.random_mixes):
+            raise ValueError(
+                "uniform: no configuration to evaluate (uniform, layer_wise, random_mixes all empty)"
+            )
+
+
+@dataclass(frozen=True)
+class BitConfiguration:
+    """One precision setting of a switchable model."""
+
+    name: str
+    kind: Literal["uniform", "layer_wise", "random"]
+    layer_config: list[dict[str, int | None]] | None  # per block; None for uniform
+    bits: int | None  # uniform width; None for full precision or layer-wise
+
+    def apply(self, model: nn.Module) -> None:
+        """Set ``model`` (a ``SwitchableLM``) to this precision."""
+        if self.kind == "uniform":
+            model.set_precision(self.bits)
+        else:
+            model.set_layer_precision([dict(layer) for layer in self.layer_config])
+
+    def layer_config_json(self, n_layer: int) -> str:
+        """The per-block widths as JSON (uniform configurations expanded; null = full precision)."""
+        layers = self.layer_config or [{key: self.bits for key in LAYER_KEYS}] * n_layer
+        return json.dumps(layers)
+
+
+def build_configurations(
+    eval_config: EvalConfig, bit_widths: list[int], n_layer: int
+) -> list[BitConfiguration]:
+    """Expand ``eval_config`` into configurations, validated for this model.
+
+    Args:
+        eval_config: what to evaluate.
+        bit_widths: the model's switchable widths (``switchable_config.bit_widths``).
+        n_layer: the model's number of transformer blocks.
+
+    Raises:
+        ValueError: a width not among ``bit_widths``, or a layer-wise config whose length is not
+            ``n_layer`` or whose entries are malformed; the message names the config.
+    """
+    allowed = tuple(sorted(bit_widths))
+    configurations = []
+    for width in eval_config.uniform:
+        _check_width("uniform", width, allowed)
+        bits = None if width == FULL_PRECISION else width
+        name = FULL_PRECISION if bits is None else f"uniform_{bits}bit"
+        configurations.append(BitConfiguration(name, "uniform", None, bits))
+    for name, layers in eval_config.layer_wise.items():
+        _check_layers(f"layer_wise.{name}", layers, allowed, n_layer)
+        configurations.append(BitConfiguration(name, "layer_wise", _normalise_layers(layers), None))
+    rng = random.Random(eval_config.seed)
+    for index in range(eval_config.random_mixes):
+        layers = [{key: rng.choice(allowed) for key in LAYER_KEYS} for _ in range(n_layer)]
+        configurations.append(BitConfiguration(f"random_{index}", "random", layers, None))
+    names = [c.name for c in configurations]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"layer_wise: configuration names {duplicates} clash with built-in names")
+    return configurations
+
+
+def evaluate_configurations(
+    model: nn.Module,
+    configurations: list[BitConfiguration],
+    dataset: Dataset,
+    eval_config: EvalConfig,
+) -> pd.DataFrame:
+    """Perplexity, accuracy, bits and speed of ``model`` under each configuration.
+
+    Accuracy always comes from the fake-quantized model (weights and activations as trained).
+    Speed comes from packed weight-only kernels for uniform 8/4-bit (``speed_kind``
+    ``packed_int8`` / ``packed_int4``; activation quantization dropped), from the model itself at
+    full precision (``fp``), and from the fake-quantized model otherwise (``simulated``: no real
+    low-bit arithmetic, so its speed says nothing about a deployment). The model is left at full
+    precision.
+
+    Returns:
+        One row per configuration: name, kind, bits, loss, perplexity, token_accuracy,
+        eval_tokens, the :func:`~router_pipelines.evaluation.bits.bit_report` columns,
+        tokens_per_s (decode), prefill_tokens_per_s, speed_kind, layer_config (JSON).
+    """
+    if not configurations:
+        raise ValueError("configurations: is empty; build them with build_configurations")
+    speed = eval_config.speed
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    for key in ("decode_tokens", "prefill_seq_len"):
+        if speed.enabled and max_positions is not None and getattr(speed, key) > max_positions:
+            raise ValueError(
+                f"speed.{key}: {getattr(speed, key)} exceeds the model's {max_positions} positions"
+            )
+    n_layer = model.config.num_hidden_layers
+    rows = []
+    for configuration in configurations:
+        configuration.apply(model)
+        metrics = evaluate_language_model(
+            model, dataset, batch_size=eval_config.batch_size, max_batches=eval_config.max_batches
+        )
+        row: dict[str, Any] = {
+            "name": configuration.name,
+            "kind": configuration.kind,
+            "bits": configuration.bits,
+            "loss": metrics["loss"],
+            "perplexity": metrics["perplexity"],
+            "token_accuracy": metrics["token_accuracy"],
+            "eval_tokens": metrics["tokens"],
+            **bit_report(model),
+            **_measure_speed(model, configuration, speed),
+            "layer_config": configuration.layer_config_json(n_layer),
+        }
+        logger.info("evaluated %s: %s", configuration.name, row)
+        rows.append(row)
+    model.set_precision(None)
+    return pd.DataFrame(rows)
+
+
+def _measure_speed(
+    model: nn.Module, configuration: BitConfiguration, speed: SpeedConfig
+) -> dict[str, float | str]:
+    """Decode and prefill tokens/s, and which kind of model produced them."""
+    if not speed.enabled:
+        return {
+            "tokens_per_s": math.nan,
+            "prefill_tokens_per_s": math.nan,
+            "speed_kind": "not_measured",
+        }
+    timed_model, speed_kind = model, "simulated"
+    if configuration.kind == "uniform" and configuration.bits is None:
+        speed_kind = "fp"
+    elif configuration.kind == "uniform" and speed.packed and configuration.bits in PACKED_WIDTHS:
+        try:
+            timed_model = pack_switchable_model(model, configuration.bits)
+            speed_kind = f"packed_int{configuration.bits}"
+        except NotImplementedError as err:
+            logger.warning("%s: timing fake quantization instead: %s", configuration.name, err)
+    common = {"warmup": speed.warmup, "iters": speed.iters}
+    vocab_size = model.config.vocab_size
+    decode = measure_throughput(
+        timed_model, vocab_size, speed.decode_batch_size, speed.decode_tokens, "decode", **common
+    )
+    prefill = measure_throughput(
+        timed_model,
+        vocab_size,
+        speed.prefill_batch_size,
+        speed.prefill_seq_len,
+        "prefill",
+        **common,
+    )
+    return {
+        "tokens_per_s": decode["tokens_per_s"],
+        "prefill_tokens_per_s": prefill["tokens_per_s"],
+        "speed_kind": speed_kind,
+    }
+
+
+def _check_int(key: str, value: Any, minimum: int) -> None:
+    check_positive(key, value, allow_zero=True)
+    if not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{key}: must be an int >= {minimum}, got {value!r}")
+
+
+def _check_width(key: str, width: Any, allowed: tuple[int, ...]) -> None:
+    valid = width == FULL_PRECISION or (not isinstance(width, bool) and width in allowed)
+    if not valid or isinstance(width, float):
+        raise ValueError(
+            f"{key}: width {width!r} is not allowed; choose from {list(allowed)} or {FULL_PRECISION!r}"
+        )
+
+
+def _check_layers(key: str, layers: Any, allowed: tuple[int, ...], n_layer: int | None) -> None:
+    if not isinstance(layers, list) or not layers:
+        raise ValueError(f"{key}: expected a non-empty list of {{'attn_bits', 'mlp_bits'}} dicts")
+    if n_layer is not None and len(layers) != n_layer:
+        raise ValueError(f"{key}: has {len(layers)} layer entries; the model has {n_layer} layers")
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, dict) or sorted(layer) != sorted(LAYER_KEYS):
+            raise ValueError(f"{key}[{index}]: expected keys {list(LAYER_KEYS)}, got {layer!r}")
+        for layer_key in LAYER_KEYS:
+            width = layer[layer_key]
+            _check_width(f"{key}[{index}].{layer_key}", width, allowed)
+
+
+def _normalise_layers(layers: list[dict[str, Any]]) -> list[dict[str, int | None]]:
+    """``"fp"`` -> ``None`` (what ``set_layer_precision`` takes for full precision)."""
+    return [
+        {key: None if layer[key] == FULL_PRECISION else layer[key] for key in LAYER_KEYS}
+        for layer in layers
+    ]

@@ -1,0 +1,86 @@
+import pytest
+import torch
+from torch import nn
+
+from router_pipelines.evaluation.bits import bit_report
+
+
+class StubQuantLinear(nn.Module):
+    """Just the QuantLinear surface bit_report reads, plus a learnable quantizer parameter."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.zeros(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.step_sizes = nn.Parameter(torch.ones(3))  # training state: not counted
+
+
+class StubSwitchable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 32)  # 320 params
+        self.norm = nn.LayerNorm(32)  # 64 params
+        self.a = StubQuantLinear(32, 16, bias=True)  # 512 weights + 16 bias
+        self.b = StubQuantLinear(64, 32, bias=False)  # 2048 weights
+        self.head = nn.Linear(32, 10, bias=False)
+        self.head.weight = self.embed.weight  # tied: counted once
+        self.widths = {"a": (4, 8), "b": (8, 8)}
+
+    def quant_linears(self):
+        return {"a": self.a, "b": self.b}
+
+    def precision_map(self):
+        return dict(self.widths)
+
+
+def test_mixed_widths_by_hand():
+    report = bit_report(StubSwitchable())
+    # a: 512 x (4 + 16/32) = 2304 bits; b: 2048 x (8 + 16/64) = 16896 bits
+    assert report["effective_bits"] == pytest.approx(19200 / 2560)  # 7.5
+    # other params: 320 embedding + 64 norm + 16 bias = 400 at 16 bits
+    assert report["total_params"] == 2960
+    assert report["quantized_weights"] == 2560
+    assert report["model_bits_per_param"] == pytest.approx((19200 + 6400) / 2960)
+    # bytes: a 256 codes + 32 scales; b 2048 codes + 64 scales; others 800
+    assert report["weight_bytes"] == 3200
+    assert report["compression_ratio_fp16"] == pytest.approx(16 / 7.5)
+    assert report["compression_ratio_fp32"] == pytest.approx(32 / 7.5)
+    assert report["model_compression_fp16"] == pytest.approx(16 * 2960 / 25600)
+    assert report["model_compression_fp32"] == pytest.approx(32 * 2960 / 25600)
+
+
+def test_brief_example_four_bit_in_32():
+    model = StubSwitchable()
+    model.widths = {"a": (4, None), "b": (4, None)}
+    model.b = StubQuantLinear(32, 16, bias=False)
+    assert bit_report(model)["effective_bits"] == pytest.approx(4.5)
+
+
+def test_full_precision_layer_counts_sixteen_bits():
+    model = StubSwitchable()
+    model.widths = {"a": (None, None), "b": (8, 8)}
+    report = bit_report(model)
+    assert report["effective_bits"] == pytest.approx((512 * 16 + 16896) / 2560)  # 9.8
+    assert report["weight_bytes"] == 1024 + 2048 + 64 + 800
+    model.widths = {"a": (None, None), "b": (None, None)}
+    report = bit_report(model)
+    assert report["effective_bits"] == 16
+    assert report["compression_ratio_fp16"] == 1
+    assert report["model_compression_fp32"] == 2
+    assert report["weight_bytes"] == 2 * 2960
+
+
+def test_odd_width_rounds_bytes_up():
+    model = StubSwitchable()
+    model.a = StubQuantLinear(20, 1, bias=False)  # 20 weights x 3 bits = 60 bits -> 8 bytes
+    model.widths = {"a": (3, None), "b": (8, None)}
+    report = bit_report(model)
+    assert report["weight_bytes"] == 8 + 2 + 2048 + 64 + 2 * (320 + 64)
+
+
+def test_missing_precision_entry_raises():
+    model = StubSwitchable()
+    model.widths = {"a": (4, 4)}
+    with pytest.raises(ValueError, match="'b'"):
+        bit_report(model)

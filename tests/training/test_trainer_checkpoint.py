@@ -1,0 +1,241 @@
+"""Checkpoints: contents, exact resume, atomic writes, non-finite loss."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from training_tiny import SyntheticLM, tiny_gpt2
+
+from router_pipelines.training import NonFiniteLossError, Trainer, causal_lm_loss
+from router_pipelines.training import checkpoint as ckpt
+
+
+class Crash(Exception):
+    """A simulated kill of the training process."""
+
+
+def _crash_at(step_to_crash: int):
+    def loss_fn(model, batch, step):
+        if step == step_to_crash:
+            raise Crash(f"killed at step {step}")
+        return causal_lm_loss(model, batch, step)
+
+    return loss_fn
+
+
+def _resume_config(make_config, tmp_path, name, **overrides):
+    """Dropout on, shuffling, 3 epochs (16 examples, 2 x 2 micro-batches, 12 steps)."""
+    values = dict(
+        output_dir=str(tmp_path / name),
+        max_steps=12,
+        batch_size=2,
+        gradient_accumulation_steps=2,
+        scheduler="cosine",
+        warmup_steps=2,
+        save_steps=5,
+        eval_steps=4,
+        logging_steps=1,
+    )
+    values.update(overrides)
+    return make_config(**values)
+
+
+def _run(config, loss_fn=causal_lm_loss, seed=0):
+    model = tiny_gpt2(seed, dropout=0.1)
+    data, eval_data = SyntheticLM(16, seed=1), SyntheticLM(6, seed=2)
+    return Trainer(model, loss_fn, data, eval_data, config=config).train()
+
+
+@pytest.mark.parametrize(
+    ("interruption", "scheduler"),
+    # Stopping at max_steps=6 then asking for 12 only leaves the run unchanged when the
+    # schedule does not depend on max_steps, hence "constant" (with warmup) there.
+    [("crash", "cosine"), ("max_steps", "constant")],
+)
+def test_resume_is_exact(make_config, tmp_path, interruption, scheduler):
+    def config(name, **overrides):
+        return _resume_config(make_config, tmp_path, name, scheduler=scheduler, **overrides)
+
+    reference = _run(config("reference"))
+    if interruption == "crash":
+        with pytest.raises(Crash):
+            _run(config("resumed"), loss_fn=_crash_at(7))  # last checkpoint: 5, mid-epoch 1
+        assert ckpt.find_latest_checkpoint(tmp_path / "resumed").name == "checkpoint-5"
+    else:
+        first = _run(config("resumed", max_steps=6, save_at_end=True))
+        assert first.last_checkpoint.endswith("checkpoint-6")
+    # A different initialisation proves the weights come from the checkpoint.
+    resumed = _run(config("resumed", resume_from_checkpoint="latest"), seed=123)
+    assert resumed.global_step == 12
+    torch.testing.assert_close(
+        resumed.model.state_dict(), reference.model.state_dict(), atol=0, rtol=0
+    )
+    assert resumed.tokens_seen == reference.tokens_seen
+    assert resumed.epochs_completed == reference.epochs_completed == 3.0
+    assert resumed.best_step == reference.best_step
+    assert resumed.history["eval_loss"] == reference.history["eval_loss"]
+    assert resumed.history["train_loss"] == reference.history["train_loss"]
+
+
+def test_checkpoint_contents(make_config, tmp_path):
+    config = _resume_config(make_config, tmp_path, "run", max_steps=5, eval_steps=5)
+    _run(config)
+    path = Path(config.output_dir) / "checkpoint-5"
+    names = {p.name for p in path.iterdir()}
+    assert {
+        "model.safetensors",
+        "optimizer.bin",
+        "scheduler.bin",
+        "random_states_0.pkl",
+        "config.json",
+        "trainer_state.json",
+    } <= names
+    state = json.loads((path / "trainer_state.json").read_text())
+    assert state["global_step"] == 5
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 2)  # 10 of 8 micro-batches/epoch
+    assert state["tokens_seen"] == 5 * 4 * 16
+    assert state["best_step"] == 5 and state["patience_counter"] == 0
+    assert [s for s, _ in state["history"]["train_loss"]] == [1, 2, 3, 4, 5]
+    saved_config = json.loads((path / "config.json").read_text())
+    assert saved_config["max_steps"] == 5 and saved_config["output_dir"] == config.output_dir
+    assert not list(Path(config.output_dir).glob(".tmp-*"))
+
+
+def _fail_on_second_save(monkeypatch, where):
+    """Make the second checkpoint save raise half-way, at ``where``."""
+    saves = {"count": 0}
+    if where == "accelerate_save_state":
+        original = Accelerator.save_state
+
+        def save_state(self, output_dir=None, **kwargs):
+            saves["count"] += 1
+            if saves["count"] == 2:
+                (Path(output_dir) / "model.safetensors").write_bytes(b"half a file")
+                raise OSError("disk full")
+            return original(self, output_dir, **kwargs)
+
+        monkeypatch.setattr(Accelerator, "save_state", save_state)
+    else:
+        original_write = ckpt.write_json
+
+        def write_json(path, payload):
+            if path.name == ckpt.TRAINER_STATE_NAME:
+                saves["count"] += 1
+                if saves["count"] == 2:
+                    path.write_text('{"global_st')
+                    raise OSError("disk full")
+            original_write(path, payload)
+
+        monkeypatch.setattr(ckpt, "write_json", write_json)
+
+
+@pytest.mark.parametrize("where", ["accelerate_save_state", "trainer_state"])
+def test_a_failed_save_leaves_the_previous_checkpoint(make_config, tmp_path, monkeypatch, where):
+    def config(name, **overrides):
+        return _resume_config(make_config, tmp_path, name, max_steps=8, save_steps=3, **overrides)
+
+    reference = _run(config("reference"))
+    _fail_on_second_save(monkeypatch, where)
+    with pytest.raises(OSError, match="disk full"):
+        _run(config("run"))  # checkpoint-3 written, checkpoint-6 fails half-way
+    monkeypatch.undo()
+    root = tmp_path / "run"
+    assert not (root / "checkpoint-6").exists()
+    assert (root / ".tmp-checkpoint-6").is_dir()  # the half-written attempt, never published
+    # A half-copied folder without trainer_state.json is not a checkpoint either.
+    shutil.copytree(root / "checkpoint-3", root / "checkpoint-9")
+    (root / "checkpoint-9" / ckpt.TRAINER_STATE_NAME).unlink()
+    assert ckpt.find_latest_checkpoint(root) == root / "checkpoint-3"
+    resumed = _run(config("run", resume_from_checkpoint="latest"), seed=7)
+    torch.testing.assert_close(
+        resumed.model.state_dict(), reference.model.state_dict(), atol=0, rtol=0
+    )
+    assert not (root / ".tmp-checkpoint-6").exists()  # replaced by the good save
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoints(make_config, tmp_path):
+    def nan_at_step_3(model, batch, step):
+        loss, metrics = causal_lm_loss(model, batch, step)
+        return (loss * float("nan") if step == 3 else loss), metrics
+
+    config = _resume_config(
+        make_config, tmp_path, "run", max_steps=8, save_steps=2, eval_steps=None
+    )
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss at step 3 ") as err:
+        _run(config, loss_fn=nan_at_step_3)
+    assert isinstance(err.value, RuntimeError)
+    root = Path(config.output_dir)
+    assert [s for s, _ in ckpt.list_checkpoints(root)] == [2]
+    assert ckpt.load_trainer_state(root / "checkpoint-2").global_step == 2
+    resumed = _run(
+        _resume_config(
+            make_config,
+            tmp_path,
+            "run",
+            max_steps=8,
+            save_steps=2,
+            eval_steps=None,
+            resume_from_checkpoint="latest",
+        )
+    )
+    assert resumed.global_step == 8
+    assert torch.isfinite(next(resumed.model.parameters())).all()
+
+
+def test_resume_latest_without_checkpoint_starts_fresh(make_config, tmp_path, caplog):
+    config = _resume_config(
+        make_config, tmp_path, "run", max_steps=2, save_steps=None, resume_from_checkpoint="latest"
+    )
+    with caplog.at_level("INFO", logger="router_pipelines.training.checkpoint"):
+        result = _run(config)
+    assert result.global_step == 2
+    assert "no checkpoint" in caplog.text
+
+
+def test_resume_from_a_missing_path_is_an_error(make_config, tmp_path):
+    config = _resume_config(
+        make_config, tmp_path, "run", resume_from_checkpoint=str(tmp_path / "nope")
+    )
+    with pytest.raises(ValueError, match="^resume_from_checkpoint: .* is not a directory"):
+        _run(config)
+
+
+def test_resuming_a_finished_run_changes_nothing(make_config, tmp_path):
+    first = _run(_resume_config(make_config, tmp_path, "run", max_steps=4, save_at_end=True))
+    again = _run(
+        _resume_config(make_config, tmp_path, "run", max_steps=4, resume_from_checkpoint="latest"),
+        seed=5,
+    )
+    assert again.global_step == 4
+    torch.testing.assert_close(again.model.state_dict(), first.model.state_dict(), atol=0, rtol=0)
+
+
+def test_resume_with_another_global_batch_keeps_the_example_position(make_config, tmp_path, caplog):
+    def config(**overrides):
+        return _resume_config(
+            make_config,
+            tmp_path,
+            "run",
+            gradient_accumulation_steps=1,
+            eval_steps=None,
+            **overrides,
+        )
+
+    _run(config(batch_size=4, max_steps=3, save_at_end=True))  # 12 of 16 examples in epoch 0
+    with caplog.at_level("WARNING", logger="router_pipelines.training.engine"):
+        trainer = Trainer(
+            tiny_gpt2(0),
+            causal_lm_loss,
+            SyntheticLM(16, seed=1),
+            config=config(batch_size=2, max_steps=5, resume_from_checkpoint="latest"),
+        )
+        result = trainer.train()
+    assert "global batch 4 -> 2; data position mapped to 6 batches (exact)" in caplog.text
+    # Steps 4 and 5 read examples 12..15 of epoch 0 (batches 6 and 7 of 8), then epoch 1.
+    assert result.epochs_completed == 1.0
+    assert result.tokens_seen == (3 * 4 + 2 * 2) * 16
