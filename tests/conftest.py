@@ -35,6 +35,8 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    # Earlier tests (kedro runs) leave an active experiment id of another store behind.
+    mlflow.set_experiment("tests")
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()

@@ -29,12 +29,16 @@ def test_builds_nested_dataclasses():
 
 
 def test_unknown_key_is_named_with_its_path_and_the_allowed_keys():
-    with pytest.raises(ValueError, match=r"outer.inner: unknown key\(s\) \['rte'\]; allowed keys are \['rate'\]"):
+    with pytest.raises(
+        ValueError, match=r"outer.inner: unknown key\(s\) \['rte'\]; allowed keys are \['rate'\]"
+    ):
         config_from_dict(Outer, {"name": "x", "inner": {"rte": 1}}, "outer")
 
 
 def test_bad_value_names_the_field_and_allowed_values():
-    with pytest.raises(ValueError, match=r"outer.mode: 'c' is not allowed; choose one of \['a', 'b'\]"):
+    with pytest.raises(
+        ValueError, match=r"outer.mode: 'c' is not allowed; choose one of \['a', 'b'\]"
+    ):
         config_from_dict(Outer, {"name": "x", "mode": "c"}, "outer")
     with pytest.raises(ValueError, match=r"outer.inner.rate: must be > 0, got -1"):
         config_from_dict(Outer, {"name": "x", "inner": {"rate": -1}}, "outer")

@@ -13,10 +13,19 @@ def bundle():
     vocab = {"<pad>": 0, "<eos>": 1, **{chr(97 + i): i + 2 for i in range(26)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>"
+    )
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=28, n_positions=32,
-                        pad_token_id=0, eos_token_id=1)
+    config = GPT2Config(
+        n_layer=1,
+        n_embd=16,
+        n_head=2,
+        vocab_size=28,
+        n_positions=32,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     return ModelBundle(model=GPT2LMHeadModel(config), tokenizer=tokenizer)
 
 
@@ -54,7 +63,13 @@ def test_metric_logger_logs_history_only_inside_a_run(mlflow_store):
 
 
 def test_loss_curve_figure_plots_train_and_eval():
-    figure = loss_curve_figure({"loss": [(0, 3.0), (10, 2.0)], "eval_loss": [(10, 2.5)],
-                                "lr": [(0, 1e-3), (10, 5e-4)]}, "t")
+    figure = loss_curve_figure(
+        {
+            "train_loss": [(0, 3.0), (10, 2.0)],
+            "eval_loss": [(10, 2.5)],
+            "lr": [(0, 1e-3), (10, 5e-4)],
+        },
+        "t",
+    )
     labels = [line.get_label() for line in figure.axes[0].get_lines()]
     assert labels == ["train loss", "eval loss"]

@@ -36,9 +36,7 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(
-            f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(fields)}"
-        )
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():

@@ -51,16 +51,17 @@ def _pinned(packages: list[str]) -> list[str]:
 class CausalLMModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper around a saved :class:`ModelBundle`: text in, greedy continuation out.
 
-    ``mlflow.pyfunc.load_model("models:/base_lm@champion").predict(["def main():"])``; the
-    ``max_new_tokens`` param (default 32) bounds the continuation. The underlying model is
-    reachable as ``loaded.unwrap_python_model().bundle``.
+    ``mlflow.pyfunc.load_model("models:/base_lm/latest").predict(["The json module"])``; the
+    ``max_new_tokens`` param (default 32) bounds the continuation, and ``bits`` ("2".."8" or
+    "fp", default) sets a switchable model's precision. The underlying model is reachable as
+    ``loaded.unwrap_python_model().bundle``.
     """
 
     def load_context(self, context: Any) -> None:
         self.bundle = load_bundle(Path(context.artifacts["model"]))
         self.bundle.model.eval()
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> list[str]:
+    def predict(self, context, model_input, params=None):  # no hints: MLflow would validate them
         import torch
 
         if hasattr(model_input, "columns"):  # pyfunc hands lists over as a one-column DataFrame
@@ -68,8 +69,12 @@ class CausalLMModel(mlflow.pyfunc.PythonModel):
             prompts = [str(p) for p in model_input[column]]
         else:
             prompts = [str(p) for p in model_input]
-        max_new_tokens = int((params or {}).get("max_new_tokens", 32))
+        params = params or {}
+        max_new_tokens = int(params.get("max_new_tokens", 32))
         tokenizer, model = self.bundle.tokenizer, self.bundle.model
+        if hasattr(model, "set_precision"):  # a switchable model: run at the asked width
+            bits = str(params.get("bits", "fp"))
+            model.set_precision(None if bits == "fp" else int(bits))
         context_length = getattr(model.config, "max_position_embeddings", None)
         generate = getattr(model, "generate", None) or model.model.generate
         outputs = []
@@ -132,7 +137,7 @@ def register_bundle(
             registered_model_name=registered_name,
             pip_requirements=_pinned(["torch", "transformers", "tokenizers", "safetensors"]),
             signature=mlflow.models.infer_signature(
-                ["a prompt"], ["a continuation"], params={"max_new_tokens": 32}
+                ["a prompt"], ["a continuation"], params={"max_new_tokens": 32, "bits": "fp"}
             ),
         )
     version = str(info.registered_model_version)
@@ -156,7 +161,7 @@ def loss_curve_figure(history: Mapping[str, list[tuple[int, float]]], title: str
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4))
-    for key, label in (("loss", "train loss"), ("eval_loss", "eval loss")):
+    for key, label in (("train_loss", "train loss"), ("eval_loss", "eval loss")):
         points = history.get(key, [])
         if points:
             steps, values = zip(*points, strict=True)

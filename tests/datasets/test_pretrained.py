@@ -3,8 +3,8 @@ import time
 import pytest
 import torch
 from kedro.io.core import Version
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from router_pipelines.datasets import PretrainedModelDataset, PretrainedTokenizerDataset
 from router_pipelines.models.bundle import ModelBundle
@@ -15,9 +15,13 @@ def bundle():
     vocab = {"<pad>": 0, "<eos>": 1, **{chr(97 + i): i + 2 for i in range(26)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>"
+    )
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=28, n_positions=16))
+    model = GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=28, n_positions=16)
+    )
     return ModelBundle(model=model, tokenizer=tokenizer, metadata={"note": "x"})
 
 
@@ -33,7 +37,9 @@ def test_versioned_model_dataset_never_overwrites_and_loads_newest(tmp_path, bun
     assert not any(p.name.startswith(".") for p in path.iterdir()), "no temp folder left behind"
 
     loaded = PretrainedModelDataset(str(path), version=Version(None, None)).load()
-    torch.testing.assert_close(loaded.model.transformer.wte.weight, bundle.model.transformer.wte.weight)
+    torch.testing.assert_close(
+        loaded.model.transformer.wte.weight, bundle.model.transformer.wte.weight
+    )
     assert loaded.metadata == {"family": "causal_lm", "note": "x"}
     assert loaded.tokenizer.get_vocab() == bundle.tokenizer.get_vocab()
     pinned = PretrainedModelDataset(str(path), version=Version(first.name, None)).load()

@@ -84,3 +84,31 @@ def test_missing_precision_entry_raises():
     model.widths = {"a": (4, 4)}
     with pytest.raises(ValueError, match="'b'"):
         bit_report(model)
+
+
+def test_switchable_gpt2_uniform_four_bit_by_hand(tiny_switchable):
+    tiny_switchable.set_precision(4)
+    report = bit_report(tiny_switchable)
+    # per block: c_attn 192x64, attn.c_proj 64x64, c_fc 256x64 at 4 + 16/64; mlp.c_proj 64x256
+    # at 4 + 16/256
+    block_bits = (12288 + 4096 + 16384) * 4.25 + 16384 * 4.0625
+    assert report["quantized_weights"] == 2 * 49152
+    assert report["effective_bits"] == pytest.approx(block_bits / 49152)  # 4.1875
+    # the rest: wte 128x64, wpe 64x64, ln_f 128, per block 2 norms (256) + biases (576);
+    # the tied LM head is wte; quantizer steps are not counted
+    others = 8192 + 4096 + 128 + 2 * (256 + 576)
+    assert report["total_params"] == 2 * 49152 + others
+    model_bits = (2 * block_bits + 16 * others) / (2 * 49152 + others)
+    assert report["model_bits_per_param"] == pytest.approx(model_bits)
+    # 4-bit codes + fp16 scales (2 x 576 rows) + fp16 rest
+    assert report["weight_bytes"] == 2 * 49152 // 2 + 2 * 2 * 576 + 2 * others
+
+
+def test_switchable_gpt2_layer_wise_by_hand(tiny_switchable):
+    tiny_switchable.set_layer_precision(
+        [{"attn_bits": 8, "mlp_bits": 2}, {"attn_bits": None, "mlp_bits": 4}]
+    )
+    report = bit_report(tiny_switchable)
+    block0 = (12288 + 4096) * (8 + 0.25) + 16384 * (2 + 0.25) + 16384 * (2 + 0.0625)
+    block1 = (12288 + 4096) * 16 + 16384 * (4 + 0.25) + 16384 * (4 + 0.0625)
+    assert report["effective_bits"] == pytest.approx((block0 + block1) / (2 * 49152))

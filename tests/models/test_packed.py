@@ -1,13 +1,24 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
 
-from router_pipelines.models.packed import PackedInt4Linear, PackedInt8Linear
+from router_pipelines.models.packed import (
+    PackedInt4Linear,
+    PackedInt8Linear,
+    pack_switchable_model,
+)
+from router_pipelines.models.quantization import MultiWidthQuantizer, NestedQuantizer, QuantLinear
+from router_pipelines.models.switchable import SwitchableConfig, SwitchableLM
 
 # GPT-2 small's linear shapes (in_features, out_features): c_attn, attn c_proj, c_fc, mlp c_proj
 GPT2_SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
 # bf16 rounds x, the scales and the output (8-bit mantissa): ~1% of the output scale
-TOLERANCES = {torch.float32: {"rtol": 1e-4, "atol": 1e-4}, torch.bfloat16: {"rtol": 1e-2, "atol": 1e-2}}
+TOLERANCES = {
+    torch.float32: {"rtol": 1e-4, "atol": 1e-4},
+    torch.bfloat16: {"rtol": 1e-2, "atol": 1e-2},
+}
 
 
 def random_codes(out_features, in_features, bits, seed=0):
@@ -74,3 +85,108 @@ def test_rejects_codes_out_of_range_and_bad_scales():
         PackedInt8Linear(torch.zeros(16, 32, dtype=torch.int8), torch.ones(15), None)
     with pytest.raises(ValueError, match="int8"):
         PackedInt8Linear(torch.zeros(16, 32, dtype=torch.int32), torch.ones(16), None)
+
+
+def make_quant_linear(in_features, out_features, nested):
+    """A QuantLinear at GPT-2 scale with its weight steps set directly (no slow MSE init)."""
+    torch.manual_seed(3)
+    linear = nn.Linear(in_features, out_features)
+    nn.init.normal_(linear.weight, std=0.02)
+    if nested:
+        weight_quantizer = NestedQuantizer([4, 8], out_features)
+        weight_quantizer.step.data = linear.weight.abs().amax(dim=1) / 127
+        weight_quantizer.initialized.fill_(True)
+    else:
+        weight_quantizer = MultiWidthQuantizer([4, 8], True, out_features, init="max")
+    act_quantizer = MultiWidthQuantizer([8], per_channel=False)
+    return QuantLinear.from_module(linear, weight_quantizer, act_quantizer)
+
+
+@pytest.mark.parametrize("compute_dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize(("packed_cls", "bits"), [(PackedInt8Linear, 8), (PackedInt4Linear, 4)])
+@pytest.mark.parametrize(("in_features", "out_features"), [(768, 2304), (3072, 768)])
+def test_packed_quant_linear_matches_weight_only_fake_quant(
+    packed_cls, bits, nested, compute_dtype, in_features, out_features
+):
+    quant_linear = make_quant_linear(in_features, out_features, nested)
+    quant_linear.set_bits(bits, None)  # packed kernels are weight-only
+    packed = packed_cls.from_quant_linear(quant_linear, compute_dtype)
+    x = torch.randn(4, 3, in_features, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        expected = quant_linear(x)
+        got = packed(x)
+    assert got.dtype == torch.float32
+    tolerances = TOLERANCES[compute_dtype or torch.float32]
+    torch.testing.assert_close(got, expected, **tolerances)
+
+
+def tiny_switchable(n_embd: int = 64) -> SwitchableLM:
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=n_embd,
+        n_head=2,
+        vocab_size=128,
+        n_positions=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    model = GPT2LMHeadModel(config)
+    return SwitchableLM.from_base(model, SwitchableConfig(bit_widths=[2, 4, 8])).eval()
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_packed_model_logits_match_weight_only_fake_quant(bits):
+    model = tiny_switchable()
+    input_ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        model.set_precision(bits, act_bits=None)
+        expected = model(input_ids=input_ids).logits
+        model.set_precision(None)
+        packed = pack_switchable_model(model, bits)
+        packed_bf16 = pack_switchable_model(model, bits, compute_dtype=torch.bfloat16)
+        got = packed(input_ids=input_ids).logits
+        got_bf16 = packed_bf16(input_ids=input_ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_bf16, expected, rtol=2e-2, atol=2e-2)
+    kind = PackedInt8Linear if bits == 8 else PackedInt4Linear
+    assert sum(isinstance(m, kind) for m in packed.modules()) == 8  # 4 linears x 2 blocks
+    assert packed.quant_linears() == {}
+    # the source model is untouched: still QuantLinears, still at full precision
+    assert len(model.quant_linears()) == 8
+    assert set(model.precision_map().values()) == {(None, None)}
+
+
+def test_packed_model_decodes_with_the_kv_cache():
+    packed = pack_switchable_model(tiny_switchable(), 4, compute_dtype=torch.bfloat16)
+    input_ids = torch.tensor([[1, 2, 3]])
+    with torch.inference_mode():
+        first = packed(input_ids=input_ids, use_cache=True)
+        step = packed(input_ids=torch.tensor([[4]]), past_key_values=first.past_key_values)
+    assert step.logits.shape == (1, 1, 128)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 16])
+def test_widths_without_a_kernel_raise(bits):
+    with pytest.raises(NotImplementedError, match=rf"no packed kernel for {bits}-bit"):
+        pack_switchable_model(tiny_switchable(), bits)
+
+
+def test_width_the_model_lacks_raises():
+    model = tiny_switchable()
+    model.switchable_config.bit_widths = [2, 8]  # as if built without 4-bit quantizers
+    with pytest.raises(ValueError, match=r"bits: 4 is not a width of this model"):
+        pack_switchable_model(model, 4)
+
+
+def test_int4_unsupported_shape_raises_naming_the_layer():
+    model = tiny_switchable(n_embd=48)  # in_features 48 is not a multiple of 32
+    with pytest.raises(NotImplementedError, match=r"transformer.h.0.attn.c_attn: .*in_features=48"):
+        pack_switchable_model(model, 4)
+    assert pack_switchable_model(model, 8) is not model  # int8 has no such limit
+
+
+def test_bad_compute_dtype_raises():
+    with pytest.raises(ValueError, match="compute_dtype"):
+        PackedInt8Linear(*random_codes(16, 32, 8), compute_dtype=torch.int8)

@@ -50,8 +50,11 @@ def test_overrides_reach_the_config_and_typos_are_named(tokenizer):
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("preset", "huge", "preset: 'huge' is not allowed"), ("architecture", "bert", "architecture"),
-     ("dropout", 1.5, "dropout: must be in")],
+    [
+        ("preset", "huge", "preset: 'huge' is not allowed"),
+        ("architecture", "bert", "architecture"),
+        ("dropout", 1.5, "dropout: must be in"),
+    ],
 )
 def test_bad_config_values_raise(field, value, message):
     with pytest.raises(ValueError, match=message):

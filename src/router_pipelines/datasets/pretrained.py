@@ -113,7 +113,12 @@ class PretrainedModelDataset(AbstractVersionedDataset):
         root = Path(self._filepath).resolve()
         if data.source_dir is not None and root in Path(data.source_dir).parents:
             # Reused unchanged (e.g. the switchable pipeline found a compatible base model):
-            # it is already stored here, so no duplicate version is written.
+            # it is already stored here, so no duplicate version is written, and this run's
+            # save version becomes the reused one (Kedro then loads exactly that folder).
+            if self._version is not None:
+                reused = Path(data.source_dir).parent.name
+                self._version = Version(self._version.load, reused)
+                self._clear_version_cache()
             return
         target = Path(self._get_save_path())
         _write_atomically(target, lambda tmp: save_bundle(data, tmp))

@@ -12,7 +12,8 @@ Definitions (what :func:`bit_report` returns):
 - **model_bits_per_param**: the same mean over *all* model parameters: quantized linear weights
   as above, everything else (embeddings, the LM head, norms, biases, full-precision linears) at
   16 bits (fp16 storage). Tied parameters (GPT-2's LM head and token embedding) are counted
-  once. Learnable quantizer parameters (step sizes, clipping levels per width) are training
+  once; when the LM head is quantized (``quantize_lm_head``) the shared matrix counts once, as
+  a quantized layer. Learnable quantizer parameters (step sizes, clipping levels per width) are training
   state, not deployed weights: they are left out, and the deployed scales are counted instead.
 - **weight_bytes**: bytes to store the whole model at this configuration: packed codes
   ``ceil(b * n / 8)`` per quantized layer of ``n`` weights plus ``2 * out_features`` bytes of fp16

@@ -16,20 +16,23 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pandas as pd
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from router_pipelines.config import check_positive
+from router_pipelines.config import check_choice, check_positive
 from router_pipelines.evaluation.bits import bit_report
 from router_pipelines.evaluation.language_modeling import evaluate_language_model
 from router_pipelines.evaluation.speed import measure_throughput
 from router_pipelines.models.packed import PACKED_WIDTHS, pack_switchable_model
+from router_pipelines.models.quantization import MAX_BITS, MIN_BITS
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_WIDTHS = tuple(range(2, 9))  # integer weight widths the quantizers can express
+SUPPORTED_WIDTHS = tuple(range(MIN_BITS, MAX_BITS + 1))  # widths the quantizers can express
 FULL_PRECISION = "fp"
 LAYER_KEYS = ("attn_bits", "mlp_bits")
+PACKED_DTYPES = ("bfloat16", "float16", "float32")
 
 
 @dataclass
@@ -38,6 +41,8 @@ class SpeedConfig:
 
     enabled: bool = True  # False: speed columns are NaN, speed_kind "not_measured"
     packed: bool = True  # uniform 8/4-bit runs on packed int8/int4 kernels (weight-only)
+    # dtype the packed kernels compute in; on this CPU only bf16 is fast (fp32 x hits a slow path)
+    packed_dtype: str = "bfloat16"
     decode_batch_size: int = 1  # tokens_per_s: batch-1 decoding is the memory-bound case
     decode_tokens: int = 32  # new tokens per decode run (KV cache)
     prefill_batch_size: int = 1  # prefill_tokens_per_s: one forward over the prompt
@@ -46,6 +51,10 @@ class SpeedConfig:
     iters: int = 5  # timed iterations (the median is reported)
 
     def __post_init__(self) -> None:
+        for key in ("enabled", "packed"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key}: expected true or false, got {getattr(self, key)!r}")
+        check_choice("packed_dtype", self.packed_dtype, PACKED_DTYPES)
         for key in ("decode_batch_size", "decode_tokens", "prefill_batch_size", "prefill_seq_len"):
             _check_int(key, getattr(self, key), minimum=1)
         _check_int("warmup", self.warmup, minimum=0)
@@ -158,18 +167,29 @@ def evaluate_configurations(
 
     Accuracy always comes from the fake-quantized model (weights and activations as trained).
     Speed comes from packed weight-only kernels for uniform 8/4-bit (``speed_kind``
-    ``packed_int8`` / ``packed_int4``; activation quantization dropped), from the model itself at
-    full precision (``fp``), and from the fake-quantized model otherwise (``simulated``: no real
-    low-bit arithmetic, so its speed says nothing about a deployment). The model is left at full
-    precision.
+    ``packed_int8`` / ``packed_int4``, computing in ``speed.packed_dtype``; activation
+    quantization dropped), from the model itself at full precision (``fp``), and from the
+    fake-quantized model otherwise (``simulated``: no real low-bit arithmetic, so its speed says
+    nothing about a deployment). ``speed_dtype`` names the matmul dtype of the timed model.
+    The model is left at full precision.
+
+    Args:
+        model: a ``SwitchableLM``.
+        configurations: from :func:`build_configurations` (checked again against ``model``).
+        dataset: the evaluation set (see ``evaluate_language_model``).
+        eval_config: batch size, batch limit and speed settings.
 
     Returns:
         One row per configuration: name, kind, bits, loss, perplexity, token_accuracy,
         eval_tokens, the :func:`~router_pipelines.evaluation.bits.bit_report` columns,
-        tokens_per_s (decode), prefill_tokens_per_s, speed_kind, layer_config (JSON).
+        tokens_per_s (decode), prefill_tokens_per_s, speed_kind, speed_dtype, layer_config
+        (JSON, one ``{"attn_bits", "mlp_bits"}`` per block, null = full precision).
     """
     if not configurations:
         raise ValueError("configurations: is empty; build them with build_configurations")
+    allowed = tuple(sorted(model.switchable_config.bit_widths))
+    for configuration in configurations:
+        _check_configuration(configuration, allowed, model.config.num_hidden_layers)
     speed = eval_config.speed
     max_positions = getattr(model.config, "max_position_embeddings", None)
     for key in ("decode_tokens", "prefill_seq_len"):
@@ -179,46 +199,54 @@ def evaluate_configurations(
             )
     n_layer = model.config.num_hidden_layers
     rows = []
-    for configuration in configurations:
-        configuration.apply(model)
-        metrics = evaluate_language_model(
-            model, dataset, batch_size=eval_config.batch_size, max_batches=eval_config.max_batches
-        )
-        row: dict[str, Any] = {
-            "name": configuration.name,
-            "kind": configuration.kind,
-            "bits": configuration.bits,
-            "loss": metrics["loss"],
-            "perplexity": metrics["perplexity"],
-            "token_accuracy": metrics["token_accuracy"],
-            "eval_tokens": metrics["tokens"],
-            **bit_report(model),
-            **_measure_speed(model, configuration, speed),
-            "layer_config": configuration.layer_config_json(n_layer),
-        }
-        logger.info("evaluated %s: %s", configuration.name, row)
-        rows.append(row)
-    model.set_precision(None)
+    try:
+        for configuration in configurations:
+            configuration.apply(model)
+            metrics = evaluate_language_model(
+                model,
+                dataset,
+                batch_size=eval_config.batch_size,
+                max_batches=eval_config.max_batches,
+            )
+            row: dict[str, Any] = {
+                "name": configuration.name,
+                "kind": configuration.kind,
+                "bits": configuration.bits,
+                "loss": metrics["loss"],
+                "perplexity": metrics["perplexity"],
+                "token_accuracy": metrics["token_accuracy"],
+                "eval_tokens": metrics["tokens"],
+                **bit_report(model),
+                **_measure_speed(model, configuration, speed),
+                "layer_config": configuration.layer_config_json(n_layer),
+            }
+            logger.info("evaluated %s: %s", configuration.name, row)
+            rows.append(row)
+    finally:
+        model.set_precision(None)
     return pd.DataFrame(rows)
 
 
 def _measure_speed(
     model: nn.Module, configuration: BitConfiguration, speed: SpeedConfig
 ) -> dict[str, float | str]:
-    """Decode and prefill tokens/s, and which kind of model produced them."""
+    """Decode and prefill tokens/s, which kind of model produced them, and its matmul dtype."""
     if not speed.enabled:
         return {
             "tokens_per_s": math.nan,
             "prefill_tokens_per_s": math.nan,
             "speed_kind": "not_measured",
+            "speed_dtype": "",
         }
     timed_model, speed_kind = model, "simulated"
+    speed_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     if configuration.kind == "uniform" and configuration.bits is None:
         speed_kind = "fp"
     elif configuration.kind == "uniform" and speed.packed and configuration.bits in PACKED_WIDTHS:
         try:
-            timed_model = pack_switchable_model(model, configuration.bits)
-            speed_kind = f"packed_int{configuration.bits}"
+            compute_dtype = getattr(torch, speed.packed_dtype)
+            timed_model = pack_switchable_model(model, configuration.bits, compute_dtype)
+            speed_kind, speed_dtype = f"packed_int{configuration.bits}", speed.packed_dtype
         except NotImplementedError as err:
             logger.warning("%s: timing fake quantization instead: %s", configuration.name, err)
     common = {"warmup": speed.warmup, "iters": speed.iters}
@@ -238,6 +266,7 @@ def _measure_speed(
         "tokens_per_s": decode["tokens_per_s"],
         "prefill_tokens_per_s": prefill["tokens_per_s"],
         "speed_kind": speed_kind,
+        "speed_dtype": speed_dtype,
     }
 
 
@@ -266,6 +295,21 @@ def _check_layers(key: str, layers: Any, allowed: tuple[int, ...], n_layer: int 
         for layer_key in LAYER_KEYS:
             width = layer[layer_key]
             _check_width(f"{key}[{index}].{layer_key}", width, allowed)
+
+
+def _check_configuration(
+    configuration: BitConfiguration, allowed: tuple[int, ...], n_layer: int
+) -> None:
+    key = f"configurations[{configuration.name!r}]"
+    if configuration.kind == "uniform":
+        bits = configuration.bits
+        _check_width(key, FULL_PRECISION if bits is None else bits, allowed)
+    else:
+        layers = [
+            {k: FULL_PRECISION if v is None else v for k, v in layer.items()}
+            for layer in configuration.layer_config or []
+        ]
+        _check_layers(key, layers, allowed, n_layer)
 
 
 def _normalise_layers(layers: list[dict[str, Any]]) -> list[dict[str, int | None]]:

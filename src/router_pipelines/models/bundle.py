@@ -34,7 +34,9 @@ def save_bundle(bundle: ModelBundle, directory: Path) -> None:
     bundle.model.save_pretrained(str(directory))
     bundle.tokenizer.save_pretrained(str(directory))
     metadata = {"family": bundle.family, **bundle.metadata}
-    (directory / BUNDLE_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True, default=str))
+    (directory / BUNDLE_FILE).write_text(
+        json.dumps(metadata, indent=2, sort_keys=True, default=str)
+    )
 
 
 def load_bundle(directory: Path, trust_remote_code: bool = False) -> ModelBundle:
@@ -54,7 +56,9 @@ def load_bundle(directory: Path, trust_remote_code: bool = False) -> ModelBundle
             str(directory), trust_remote_code=trust_remote_code
         )
     else:
-        raise ValueError(f"{meta_file}: unknown family {family!r}; expected causal_lm or switchable")
+        raise ValueError(
+            f"{meta_file}: unknown family {family!r}; expected causal_lm or switchable"
+        )
     tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
     return ModelBundle(
         model=model, tokenizer=tokenizer, metadata=metadata, source_dir=str(directory.resolve())

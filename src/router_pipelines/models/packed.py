@@ -17,8 +17,8 @@ int8/int4 deployment would see:
   allowed size that divides ``in_features``.
 
 Compute dtype: on this CPU (torch 2.13, AVX-512/AMX) the kernels are fast only with bf16 x;
-with fp32 x they fall back to a slow path (int8: ~100x slower than bf16 x on 512 rows, see the
-project's benchmark notes). Each module therefore takes ``compute_dtype``: x is cast to it for
+with fp32 x they fall back to a slow path (measured at 384x1024: 10-20x slower than bf16 x for
+one row, 40-120x for 512 rows). Each module therefore takes ``compute_dtype``: x is cast to it for
 the kernel and the output cast back to the dtype of x (``None``: run in the dtype of x).
 
 Difference from the simulated model: the packed modules are **weight-only**. Activation
@@ -200,12 +200,16 @@ def pack_switchable_model(
     Raises:
         NotImplementedError: for any other width, or a layer shape the int4 kernel cannot take
             (the caller labels such configurations ``simulated``).
+        ValueError: ``bits`` is not one of the model's widths.
     """
     if isinstance(bits, bool) or bits not in PACKED_WIDTHS:
         raise NotImplementedError(
             f"bits: no packed kernel for {bits!r}-bit weights; packed widths are "
             f"{list(PACKED_WIDTHS)} (run other widths as 'simulated' fake quantization)"
         )
+    widths = model.switchable_config.bit_widths
+    if bits not in widths:
+        raise ValueError(f"bits: {bits} is not a width of this model; its widths are {widths}")
     packed_cls = PackedInt8Linear if bits == 8 else PackedInt4Linear
     if bits == 4:  # check every shape before the (possibly large) copy
         for name, layer in model.quant_linears().items():

@@ -64,7 +64,9 @@ class SwitchableConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.bit_widths, list | tuple) or not self.bit_widths:
-            raise ValueError(f"bit_widths: expected a non-empty list, got {self.bit_widths!r}")
+            raise ValueError(
+                f"bit_widths: expected a non-empty list of widths from 2 to 8, got {self.bit_widths!r}"
+            )
         self.bit_widths = [check_bit_width("bit_widths", b) for b in self.bit_widths]
         if len(set(self.bit_widths)) != len(self.bit_widths):
             raise ValueError(f"bit_widths: {self.bit_widths} repeats a width; list each once")

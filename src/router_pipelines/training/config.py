@@ -66,6 +66,7 @@ class TrainingConfig:
     seed: int = 42  # global seed and data-order seed (epoch e shuffles with seed + e)
     num_workers: int = 0  # DataLoader worker processes
     progress_bar: bool = True  # tqdm bar on the main process
+    ddp_find_unused_parameters: bool = False  # DDP: allow parameters without gradients in a step
 
     def __post_init__(self) -> None:
         if not isinstance(self.output_dir, str) or not self.output_dir:
@@ -110,6 +111,7 @@ class TrainingConfig:
             "load_best_model_at_end",
             "early_stopping",
             "progress_bar",
+            "ddp_find_unused_parameters",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env
 from torch import nn
 
@@ -36,6 +36,13 @@ def build_accelerator(config: TrainingConfig) -> Accelerator:
         # The schedule counts optimizer steps, whatever the number of processes
         # (Accelerate would otherwise step it once per process).
         step_scheduler_with_optimizer=False,
+        # Families that train part of the model per step (one bit width's quantizers) need
+        # DDP to tolerate parameters without gradients; it costs a graph walk, so opt-in.
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(
+                find_unused_parameters=config.ddp_find_unused_parameters
+            )
+        ],
     )
 
 

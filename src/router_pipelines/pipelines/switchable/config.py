@@ -151,6 +151,8 @@ def parse_switchable_params(params: dict[str, Any]) -> SwitchableParams:
     family_part = {k: v for k, v in training.items() if k in family_keys}
     engine_part = {k: v for k, v in training.items() if k not in family_keys}
     engine_part.setdefault("output_dir", "data/06_models/checkpoints/switchable")
+    # Under DDP a single-width step leaves the other widths' quantizer steps without gradients.
+    engine_part.setdefault("ddp_find_unused_parameters", True)
     parsed = SwitchableParams(
         base=config_from_dict(BaseSourceConfig, params.get("base"), "switchable.base"),
         model=config_from_dict(SwitchableModelConfig, params.get("model"), "switchable.model"),

@@ -78,9 +78,7 @@ def pareto_analysis(
     pareto = table[on_a_front].sort_values("effective_bits").reset_index(drop=True)
     results = {
         "configurations": json.loads(table.to_json(orient="records")),
-        "pareto_fronts": {
-            column: table.loc[table[column], "name"].tolist() for column in FRONTS
-        },
+        "pareto_fronts": {column: table.loc[table[column], "name"].tolist() for column in FRONTS},
         "definitions": {
             "effective_bits": "parameter-weighted mean over quantized linear weights of "
             "(bits + 16 / in_features); full-precision layers count 16 bits; see docs/switchable.md",

@@ -67,7 +67,9 @@ def provide_base_model(
         from router_pipelines.models.presets import build_causal_lm
 
         model = build_causal_lm(pretrain.model, tokenizer)
-        return ModelBundle(model, tokenizer, {"family": "causal_lm", "model_config": asdict(pretrain.model)})
+        return ModelBundle(
+            model, tokenizer, {"family": "causal_lm", "model_config": asdict(pretrain.model)}
+        )
     bundle, summary, _, _ = train_base_model(
         train_tokens, validation_tokens, tokenizer, pretrain_params
     )

@@ -1,0 +1,188 @@
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from router_pipelines.config import config_from_dict
+from router_pipelines.evaluation.configs import (
+    BitConfiguration,
+    EvalConfig,
+    SpeedConfig,
+    build_configurations,
+    evaluate_configurations,
+)
+from router_pipelines.evaluation.language_modeling import evaluate_language_model
+
+FAST_SPEED = {"decode_tokens": 4, "prefill_seq_len": 8, "warmup": 0, "iters": 1}
+MIXED = [{"attn_bits": 8, "mlp_bits": 4}, {"attn_bits": 4, "mlp_bits": "fp"}]
+
+
+def test_defaults():
+    config = EvalConfig()
+    assert config.uniform == [2, 4, 8, "fp"]
+    assert config.layer_wise == {} and config.random_mixes == 0
+    assert isinstance(config.speed, SpeedConfig)
+    assert config.speed.decode_batch_size == 1
+
+
+def test_from_params_dict_builds_nested_speed_config():
+    config = config_from_dict(
+        EvalConfig,
+        {"uniform": [4, "fp"], "layer_wise": {"mixed": MIXED}, "speed": {"iters": 1}},
+        "evaluation",
+    )
+    assert config.speed.iters == 1
+    with pytest.raises(ValueError, match="evaluation: unknown key"):
+        config_from_dict(EvalConfig, {"widths": [4]}, "evaluation")
+    with pytest.raises(ValueError, match="evaluation.speed.packed_dtype"):
+        config_from_dict(EvalConfig, {"speed": {"packed_dtype": "int8"}}, "evaluation")
+
+
+@pytest.mark.parametrize("width", [1, 9, "four", 4.0, True, None])
+def test_unsupported_uniform_width_raises(width):
+    with pytest.raises(ValueError, match=rf"uniform: width {width!r} is not allowed"):
+        EvalConfig(uniform=[width])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"uniform": [4, 4]}, "uniform: widths repeat"),
+        ({"layer_wise": {"bad": [{"attn_bits": 9, "mlp_bits": 4}]}}, r"bad\[0\].attn_bits"),
+        ({"layer_wise": {"bad": [{"attn_bits": 4}]}}, r"bad\[0\]: expected keys"),
+        ({"random_mixes": -1}, "random_mixes"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"speed": {"enabled": "yes"}}, "enabled"),
+        ({"uniform": [], "layer_wise": {}, "random_mixes": 0}, "no configuration"),
+    ],
+)
+def test_bad_eval_config_raises(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EvalConfig(**kwargs)
+
+
+def test_build_uniform_and_layer_wise():
+    config = EvalConfig(layer_wise={"mixed": MIXED})
+    configurations = build_configurations(config, bit_widths=[2, 4, 8], n_layer=2)
+    assert [c.name for c in configurations] == [
+        "uniform_2bit",
+        "uniform_4bit",
+        "uniform_8bit",
+        "fp",
+        "mixed",
+    ]
+    assert [c.bits for c in configurations] == [2, 4, 8, None, None]
+    assert [c.kind for c in configurations] == ["uniform"] * 4 + ["layer_wise"]
+    assert configurations[-1].layer_config == [
+        {"attn_bits": 8, "mlp_bits": 4},
+        {"attn_bits": 4, "mlp_bits": None},
+    ]
+    assert (
+        json.loads(configurations[1].layer_config_json(2)) == [{"attn_bits": 4, "mlp_bits": 4}] * 2
+    )
+
+
+def test_width_the_model_lacks_raises():
+    with pytest.raises(ValueError, match=r"uniform: width 2 is not allowed; choose from \[4, 8\]"):
+        build_configurations(EvalConfig(uniform=[2]), bit_widths=[8, 4], n_layer=2)
+    bad_mix = {"mixed": [{"attn_bits": 8, "mlp_bits": 2}] * 2}
+    with pytest.raises(ValueError, match=r"layer_wise.mixed\[0\].mlp_bits: width 2"):
+        build_configurations(EvalConfig(uniform=[], layer_wise=bad_mix), [4, 8], n_layer=2)
+
+
+def test_wrong_layer_count_raises_naming_the_config():
+    config = EvalConfig(layer_wise={"mixed": MIXED})
+    with pytest.raises(ValueError, match="layer_wise.mixed: has 2 layer entries; the model has 3"):
+        build_configurations(config, bit_widths=[2, 4, 8], n_layer=3)
+
+
+def test_name_clash_raises():
+    config = EvalConfig(uniform=["fp"], layer_wise={"fp": MIXED})
+    with pytest.raises(ValueError, match="clash"):
+        build_configurations(config, bit_widths=[4, 8], n_layer=2)
+
+
+def test_random_mixes_are_seeded_and_use_model_widths():
+    def mixes(seed):
+        config = EvalConfig(uniform=[], random_mixes=3, seed=seed)
+        return build_configurations(config, bit_widths=[2, 4, 8], n_layer=4)
+
+    first = mixes(0)
+    assert [c.name for c in first] == ["random_0", "random_1", "random_2"]
+    assert all(c.kind == "random" and len(c.layer_config) == 4 for c in first)
+    widths = {bits for c in first for layer in c.layer_config for bits in layer.values()}
+    assert widths <= {2, 4, 8}
+    assert [c.layer_config for c in mixes(0)] == [c.layer_config for c in first]
+    assert [c.layer_config for c in mixes(1)] != [c.layer_config for c in first]
+
+
+def test_apply_sets_the_precision(tiny_switchable):
+    BitConfiguration("uniform_4bit", "uniform", None, 4).apply(tiny_switchable)
+    assert set(tiny_switchable.precision_map().values()) == {(4, 8)}
+    mixed = build_configurations(EvalConfig(uniform=[], layer_wise={"m": MIXED}), [2, 4, 8], 2)
+    mixed[0].apply(tiny_switchable)
+    precision = tiny_switchable.precision_map()
+    assert precision["transformer.h.0.attn.c_attn"] == (8, 8)
+    assert precision["transformer.h.0.mlp.c_fc"] == (4, 8)
+    assert precision["transformer.h.1.attn.c_proj"] == (4, 8)
+    assert precision["transformer.h.1.mlp.c_proj"] == (None, None)
+
+
+def test_evaluate_configurations_end_to_end(tiny_switchable, lm_dataset):
+    config = EvalConfig(layer_wise={"mixed": MIXED}, batch_size=2, speed=SpeedConfig(**FAST_SPEED))
+    configurations = build_configurations(config, [2, 4, 8], n_layer=2)
+    fp_metrics = evaluate_language_model(tiny_switchable, lm_dataset, batch_size=2)
+
+    df = evaluate_configurations(tiny_switchable, configurations, lm_dataset, config)
+
+    assert isinstance(df, pd.DataFrame)
+    assert list(df["name"]) == ["uniform_2bit", "uniform_4bit", "uniform_8bit", "fp", "mixed"]
+    for column in (
+        "kind",
+        "perplexity",
+        "token_accuracy",
+        "loss",
+        "effective_bits",
+        "compression_ratio_fp16",
+        "compression_ratio_fp32",
+        "model_compression_fp16",
+        "weight_bytes",
+        "tokens_per_s",
+        "prefill_tokens_per_s",
+        "speed_kind",
+        "layer_config",
+    ):
+        assert column in df.columns, column
+    assert list(df["speed_kind"]) == ["simulated", "packed_int4", "packed_int8", "fp", "simulated"]
+    assert list(df["speed_dtype"]) == ["float32", "bfloat16", "bfloat16", "float32", "float32"]
+    # 4 + 16/in per weight at 4 bits (see test_bits); full precision is 16 bits, ratio 1
+    assert df.loc[1, "effective_bits"] == pytest.approx(4.1875)
+    assert df.loc[3, "effective_bits"] == 16 and df.loc[3, "compression_ratio_fp16"] == 1
+    assert df["effective_bits"].iloc[:4].is_monotonic_increasing  # 2 < 4 < 8 bits < fp
+    assert df.loc[3, "perplexity"] == pytest.approx(fp_metrics["perplexity"], rel=1e-6)
+    assert df.loc[3, "perplexity"] == pytest.approx(math.exp(df.loc[3, "loss"]))
+    assert (df["tokens_per_s"] > 0).all() and (df["prefill_tokens_per_s"] > 0).all()
+    assert json.loads(df.loc[4, "layer_config"])[1] == {"attn_bits": 4, "mlp_bits": None}
+    assert set(tiny_switchable.precision_map().values()) == {(None, None)}  # left at fp
+
+
+def test_speed_can_be_switched_off(tiny_switchable, lm_dataset):
+    config = EvalConfig(uniform=[8], speed=SpeedConfig(enabled=False), batch_size=2, max_batches=1)
+    configurations = build_configurations(config, [2, 4, 8], n_layer=2)
+    df = evaluate_configurations(tiny_switchable, configurations, lm_dataset, config)
+    assert df.loc[0, "speed_kind"] == "not_measured"
+    assert math.isnan(df.loc[0, "tokens_per_s"])
+    assert df.loc[0, "eval_tokens"] == 2 * 15  # one batch of 2 sequences x 15 positions
+
+
+def test_bad_configuration_raises_before_any_work(tiny_switchable, lm_dataset):
+    config = EvalConfig(speed=SpeedConfig(**FAST_SPEED))
+    foreign = [BitConfiguration("uniform_4bit", "uniform", None, 4)]
+    foreign.append(BitConfiguration("uniform_3bit", "uniform", None, 3))
+    with pytest.raises(ValueError, match=r"configurations\['uniform_3bit'\]: width 3"):
+        evaluate_configurations(tiny_switchable, foreign, lm_dataset, config)
+    assert set(tiny_switchable.precision_map().values()) == {(None, None)}  # nothing applied
+    too_long = EvalConfig(speed=SpeedConfig(decode_tokens=65))
+    with pytest.raises(ValueError, match="speed.decode_tokens: 65 exceeds"):
+        evaluate_configurations(tiny_switchable, foreign[:1], lm_dataset, too_long)
