@@ -2,9 +2,16 @@
 
 from omegaconf.resolvers import oc
 
+from router_pipelines.hooks import WRITING_PLUGINS, MainProcessOnlyOutputs, is_main_process
+
+# Under `accelerate launch` only the main process writes (see hooks.py): the other processes
+# keep every pipeline output in memory and run without the plugins that write (kedro-mlflow's
+# run, kedro-viz's run statistics).
+HOOKS = (MainProcessOnlyOutputs(),)
+
 # kedro-telemetry would try to reach the network; the project never sends telemetry
 # (consent is also refused in the `.telemetry` file at the project root).
-DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",) + (() if is_main_process() else WRITING_PLUGINS)
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -236,15 +236,16 @@ def make_switchable_loss(
         tokens = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         if switching.strategy != "joint":
             student.set_precision(widths[0])
-            loss, parts, _ = _width_loss(model, batch, teacher_logits, None, distill)
+            loss, parts = _width_loss(_forward(model, batch), batch, teacher_logits, None, distill)
             metrics = {"ce": parts["ce"], "kd": parts["kd"], "bits": _bits_metric(widths[0])}
             return loss, {"loss": float(loss.detach()), **metrics, "tokens": tokens}
+        # One forward call runs every width (DDP allows one forward per backward).
+        outputs = _forward(model, batch, precisions=widths)
         total, higher_logits, per_width = 0.0, None, []
-        for bits in widths:
-            student.set_precision(bits)
-            loss, parts, logits = _width_loss(model, batch, teacher_logits, higher_logits, distill)
+        for output in outputs:
+            loss, parts = _width_loss(output, batch, teacher_logits, higher_logits, distill)
             total = total + loss
-            higher_logits = logits.detach()
+            higher_logits = output.logits.detach()
             per_width.append(parts)
         metrics = {
             "ce": sum(p["ce"] for p in per_width) / len(widths),
@@ -276,20 +277,27 @@ def make_eval_loss(bits: int | str | None) -> LossFn:
     return eval_loss
 
 
+def _forward(
+    model: nn.Module, batch: dict[str, torch.Tensor], precisions: list[int | None] | None = None
+) -> Any:
+    """The (possibly DDP-wrapped) student's HF output, or one output per width of ``precisions``."""
+    inputs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "labels": batch["labels"],
+        "use_cache": False,
+    }
+    return model(**inputs) if precisions is None else model(precisions=precisions, **inputs)
+
+
 def _width_loss(
-    model: nn.Module,
+    output: Any,
     batch: dict[str, torch.Tensor],
     teacher_logits: torch.Tensor | None,
     higher_logits: torch.Tensor | None,
     distill: DistillConfig,
-) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """Loss at the student's current precision: ``(loss, {ce, kd, kd_inter}, logits)``."""
-    output = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        labels=batch["labels"],
-        use_cache=False,
-    )
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one width's HF ``output``: ``(loss, {ce, kd, kd_inter})``."""
     loss = distill.ce_weight * output.loss
     parts = {"ce": float(output.loss.detach()), "kd": 0.0, "kd_inter": 0.0}
     if teacher_logits is not None:
@@ -300,7 +308,7 @@ def _width_loss(
         kd = distillation_kl(output.logits, higher_logits, batch["labels"], distill.temperature)
         loss = loss + distill.inter_width_kd_weight * kd
         parts["kd_inter"] = float(kd.detach())
-    return loss, parts, output.logits
+    return loss, parts
 
 
 def _teacher_logits(teacher: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -196,9 +196,20 @@ class SwitchableLM(nn.Module):
     def num_layers(self) -> int:
         return len(self._layer_groups)
 
-    def forward(self, **kwargs: Any) -> Any:
-        """The HF model's forward (e.g. ``input_ids``, ``attention_mask``, ``labels``)."""
-        return self.model(**kwargs)
+    def forward(self, precisions: Sequence[int | str | None] | None = None, **kwargs: Any) -> Any:
+        """The HF model's forward (e.g. ``input_ids``, ``attention_mask``, ``labels``).
+
+        With ``precisions`` (e.g. ``[8, 4, 2]``) it runs the model once per width, in that
+        order, and returns the list of outputs, leaving the model at the last width. One call
+        for all widths keeps a DDP-wrapped model at one forward per backward, which DDP needs.
+        """
+        if precisions is None:
+            return self.model(**kwargs)
+        outputs = []
+        for bits in precisions:
+            self.set_precision(bits)
+            outputs.append(self.model(**kwargs))
+        return outputs
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """The HF model's ``generate`` at the current precision."""

@@ -17,6 +17,7 @@ from router_pipelines.data.config import DataConfig
 from router_pipelines.data.prepare import prepare_token_data
 from router_pipelines.data.sampling import subsample, train_validation_split
 from router_pipelines.data.sources import load_hub_records, read_records
+from router_pipelines.hooks import main_process_first
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ def tokenize_corpus(
         ``data.seq_len``; the report holds plain numbers and strings.
     """
     cfg = config_from_dict(DataConfig, data_params, "data")
-    tokens = prepare_token_data(train_records, validation_records, cfg)
+    # Under `accelerate launch` the main process builds and writes the cache entry; the others
+    # wait, then read it back (a cache hit) instead of racing it for the same entry.
+    with main_process_first():
+        tokens = prepare_token_data(train_records, validation_records, cfg)
     ingest = train_records.attrs.get("ingest", {})
     counts = tokens.meta["counts"]
     report = {

@@ -10,6 +10,7 @@ import pandas as pd
 
 from router_pipelines.config import config_from_dict
 from router_pipelines.data.torch_dataset import TokenBlockDataset
+from router_pipelines.hooks import is_main_process
 from router_pipelines.models.bundle import ModelBundle
 from router_pipelines.models.presets import ModelConfig, build_causal_lm
 from router_pipelines.tracking import loss_curve_figure, metric_logger, register_bundle
@@ -121,8 +122,13 @@ def _resolved(config: PretrainConfig) -> dict[str, Any]:
 def register_base_model(
     base_model: ModelBundle, pretrain_summary: dict[str, Any], pretrain_params: dict[str, Any]
 ) -> dict[str, Any]:
-    """Register the saved base model in the MLflow Model Registry (a new version per run)."""
+    """Register the saved base model in the MLflow Model Registry (a new version per run).
+
+    Under ``accelerate launch`` only the main process registers (it holds the MLflow run).
+    """
     config = config_from_dict(PretrainConfig, pretrain_params, "pretrain")
+    if not is_main_process():
+        return {"registered": False, "reason": "not the main process"}
     if not config.register.enabled:
         return {"registered": False}
     tags = {k: v for k, v in pretrain_summary.items() if v is not None}

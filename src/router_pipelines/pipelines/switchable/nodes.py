@@ -17,6 +17,7 @@ from router_pipelines.families.switchable import (
     make_switchable_loss,
     width_step_counts,
 )
+from router_pipelines.hooks import is_main_process
 from router_pipelines.models.bundle import ModelBundle
 from router_pipelines.models.switchable import SwitchableLM
 from router_pipelines.pipelines.pretrain.nodes import PretrainConfig, train_base_model
@@ -73,7 +74,7 @@ def provide_base_model(
     bundle, summary, _, _ = train_base_model(
         train_tokens, validation_tokens, tokenizer, pretrain_params
     )
-    if pretrain.register.enabled:
+    if pretrain.register.enabled and is_main_process():  # the main process holds the MLflow run
         register_bundle(bundle, pretrain.register.name, tags=summary)
     return bundle
 
@@ -208,6 +209,8 @@ def register_switchable(
     from pathlib import Path
 
     params = parse_switchable_params(switchable_params)
+    if not is_main_process():  # under `accelerate launch`: the main process holds the MLflow run
+        return {"registered": False, "reason": "not the main process"}
     if not params.experiment.register.enabled:
         return {"registered": False}
     front_names = [str(n) for n in switchable_pareto["name"]]

@@ -1,0 +1,147 @@
+"""Who writes what when a pipeline runs in several processes (``accelerate launch``).
+
+Under ``accelerate launch -m router_pipelines.launch`` every process runs the whole Kedro
+pipeline, so that the training nodes' ``Trainer`` can train with DDP across them. Only the
+main process (global rank 0) may leave anything behind; the rule is enforced in three places,
+each where Kedro and the plugins already have a switch for it:
+
+1. **Plugin hooks** (``settings.py``): off the main process, kedro-mlflow, kedro-viz and
+   kedro-telemetry are not registered (``DISABLE_HOOKS_FOR_PLUGINS``, from the rank that the
+   launcher puts in the environment). So only rank 0 creates the experiment, opens THE MLflow run
+   and logs parameters; the other ranks never touch the tracking store, which also avoids racing
+   rank 0 on creating a fresh sqlite store.
+2. **Catalog outputs** (:class:`MainProcessOnlyOutputs`): off the main process, every output of
+   the pipeline that the catalog would persist (versioned model folders, JSON/PNG reports,
+   ``MlflowArtifactDataset`` wrappers, anything not already a ``MemoryDataset``) is replaced by a
+   ``MemoryDataset`` in ``before_pipeline_run``, the first hook that sees both the pipeline and
+   the catalog. Downstream nodes get the same objects, only in memory; inputs that are only read
+   (``latest_base_model``, the raw corpus) are left alone.
+3. **Nodes with side effects of their own**: registering a model (``register_*`` nodes) returns
+   ``{"registered": False, "reason": "not the main process"}`` off the main process; live metrics
+   need nothing (the engine calls ``log_fn`` on the main process only, and
+   ``tracking.metric_logger`` is a no-op without an active run); the token cache is built by the
+   main process first while the others wait (:func:`main_process_first`), then read by them.
+
+Why not one switch: a hook that skipped nodes would change the DAG each rank runs (every rank
+must enter the training node for DDP), and disabling kedro-mlflow alone would leave the catalog
+writing files (and ``MlflowArtifactDataset`` would start a run of its own to log into).
+
+The rank comes from the environment (``RANK``, set by torchrun/``accelerate launch``, or the MPI
+equivalents), because ``settings.py`` is read before anything initialises torch.distributed. In
+one process (``kedro run``) there is no rank and nothing here changes anything.
+
+Off the main process MLflow is never configured: a node that reads the registry there
+(``switchable.base.source: registry``) uses MLflow's defaults (``MLFLOW_TRACKING_URI``, else
+``sqlite:///mlflow.db`` in the working directory), which is what ``conf/base/mlflow.yml`` resolves
+to unless it was changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+from kedro.io import MemoryDataset
+
+logger = logging.getLogger(__name__)
+
+# Rank and world-size variables, in the order Accelerate reads them (torchrun first, then MPI).
+_RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+_WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+# Plugins whose hooks write (MLflow runs and artifacts, Kedro-Viz run statistics under .viz/)
+# or phone home. Kedro matches the distribution name as installed; kedro-mlflow's metadata
+# spells it with an underscore, so both spellings are listed.
+WRITING_PLUGINS = ("kedro-mlflow", "kedro_mlflow", "kedro-viz", "kedro_viz")
+
+_MEMORY_DATASET = f"{MemoryDataset.__module__}.{MemoryDataset.__qualname__}"
+
+
+def _first_int(names: tuple[str, ...], default: int) -> int:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return int(value)
+    return default
+
+
+def process_rank() -> int:
+    """Global rank of this process as the launcher set it; 0 in a single process."""
+    return _first_int(_RANK_VARIABLES, 0)
+
+
+def world_size() -> int:
+    """Number of processes the launcher started; 1 in a single process."""
+    return _first_int(_WORLD_SIZE_VARIABLES, 1)
+
+
+def is_main_process() -> bool:
+    """Whether this process may write (catalog saves, token cache, MLflow): rank 0."""
+    return process_rank() == 0
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the body on the main process first, then on the others (one process: just run it).
+
+    A collective barrier (``accelerate.PartialState().main_process_first()``), so it initialises
+    Accelerate's process-wide state, and with it the device every later ``Accelerator`` uses:
+    the CPU (gloo) when ``ACCELERATE_USE_CPU`` is set (``router_pipelines.launch --cpu``) or no
+    accelerator is present, else the accelerator (NCCL on CUDA). Left to its default, the state
+    would be non-distributed on a CPU-only machine and every process would train alone.
+    """
+    if world_size() <= 1:
+        yield
+        return
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available()
+    with PartialState(cpu=cpu).main_process_first():
+        yield
+
+
+class MainProcessOnlyOutputs:
+    """Keeps every output of the run in memory on processes other than the main one."""
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if is_main_process():
+            return
+        replaced = replace_persisted_outputs(pipeline, catalog)
+        logger.info(
+            "rank %d: outputs kept in memory, only rank 0 writes: %s",
+            process_rank(),
+            ", ".join(replaced) or "none",
+        )
+
+
+def replace_persisted_outputs(pipeline: Any, catalog: Any) -> list[str]:
+    """Replace each catalog-declared output of ``pipeline`` by a ``MemoryDataset``.
+
+    Outputs the catalog does not declare are already ``MemoryDataset`` (Kedro's default) and
+    stay as they are, as do declared ``MemoryDataset`` entries.
+
+    Returns:
+        The names replaced, sorted.
+    """
+    replaced = []
+    # The replacement is intended; Kedro's "Replacing dataset" warning would read like a mistake.
+    catalog_logger = logging.getLogger("kedro.io.data_catalog")
+    level = catalog_logger.level
+    catalog_logger.setLevel(logging.ERROR)
+    try:
+        for name in sorted(pipeline.all_outputs()):
+            if name not in catalog or catalog.get_type(name) == _MEMORY_DATASET:
+                continue
+            # "assign": a model is handed on as is; the default would deep-copy it on every load.
+            catalog[name] = MemoryDataset(copy_mode="assign")
+            replaced.append(name)
+    finally:
+        catalog_logger.setLevel(level)
+    return replaced
