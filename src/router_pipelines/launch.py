@@ -31,14 +31,13 @@ from router_pipelines.hooks import is_main_process
 
 
 def _runtime_params(value: str) -> dict[str, Any]:
-    """``a.b=1,c=x`` -> ``{"a": {"b": 1}, "c": "x"}``, exactly as ``kedro run --params`` reads it."""
+    """``a.b=1,c=[2,4]`` -> ``{"a": {"b": 1}, "c": [2, 4]}``, as this project's ``kedro run``."""
     import click
-    from kedro.framework.cli.utils import _split_params  # kedro run's own parser (private)
+
+    from router_pipelines.cli import parse_params
 
     try:
-        return _split_params(
-            click.Context(click.Command("launch")), click.Option(["--params"]), value
-        )
+        return parse_params(value)
     except click.UsageError as error:
         raise argparse.ArgumentTypeError(error.message) from error
 

@@ -20,7 +20,7 @@ MIXED = [{"attn_bits": 8, "mlp_bits": 4}, {"attn_bits": 4, "mlp_bits": "fp"}]
 
 def test_defaults():
     config = EvalConfig()
-    assert config.uniform == [2, 4, 8, "fp"]
+    assert config.uniform is None  # every trained width, then fp
     assert config.layer_wise == {} and config.random_mixes == 0
     assert isinstance(config.speed, SpeedConfig)
     assert config.speed.decode_batch_size == 1
@@ -186,3 +186,25 @@ def test_bad_configuration_raises_before_any_work(tiny_switchable, lm_dataset):
     too_long = EvalConfig(speed=SpeedConfig(decode_tokens=65))
     with pytest.raises(ValueError, match="speed.decode_tokens: 65 exceeds"):
         evaluate_configurations(tiny_switchable, foreign[:1], lm_dataset, too_long)
+
+
+def test_uniform_default_follows_the_models_widths():
+    names = [c.name for c in build_configurations(EvalConfig(), [2, 4], n_layer=2)]
+    assert names == ["uniform_2bit", "uniform_4bit", "fp"]
+
+
+def test_one_dict_applies_to_every_block_and_high_low_resolve_per_model():
+    config = EvalConfig(uniform=[], layer_wise={"hl": {"attn_bits": "high", "mlp_bits": "low"}})
+    (configuration,) = build_configurations(config, [2, 4], n_layer=3)
+    assert configuration.layer_config == [{"attn_bits": 4, "mlp_bits": 2}] * 3
+    (configuration,) = build_configurations(config, [4, 8], n_layer=2)
+    assert configuration.layer_config == [{"attn_bits": 8, "mlp_bits": 4}] * 2
+
+
+def test_check_widths_rejects_a_width_the_model_lacks_without_a_model():
+    from router_pipelines.evaluation.configs import check_widths
+
+    with pytest.raises(ValueError, match=r"layer_wise.x\[0\].mlp_bits: width 8 is not allowed"):
+        check_widths(EvalConfig(layer_wise={"x": {"attn_bits": 2, "mlp_bits": 8}}), [2, 4])
+    with pytest.raises(ValueError, match="uniform: width 8 is not allowed"):
+        check_widths(EvalConfig(uniform=[8]), [2, 4])

@@ -84,7 +84,7 @@ def test_default_run_evaluates_every_configuration_and_writes_the_seed_outputs(d
     )
     names = [c["name"] for c in results["configurations"]]
     assert names[:4] == ["uniform_2bit", "uniform_4bit", "uniform_8bit", "fp"]
-    assert {"attn8_mlp4", "edges8_middle2", "random_0", "random_1"} <= set(names)
+    assert {"attn_high_mlp_low", "attn_low_mlp_high", "random_0", "random_1"} <= set(names)
     for configuration in results["configurations"]:
         for key in ("perplexity", "effective_bits", "compression_ratio", "tokens_per_s"):
             assert configuration[key] is not None and configuration[key] > 0, (configuration, key)

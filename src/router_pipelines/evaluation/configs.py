@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 SUPPORTED_WIDTHS = tuple(range(MIN_BITS, MAX_BITS + 1))  # widths the quantizers can express
 FULL_PRECISION = "fp"
 LAYER_KEYS = ("attn_bits", "mlp_bits")
+SYMBOLIC_WIDTHS = ("high", "low")  # the model's highest / lowest trained width
 PACKED_DTYPES = ("bfloat16", "float16", "float32")
 
 
@@ -65,9 +66,11 @@ class SpeedConfig:
 class EvalConfig:
     """Which bit configurations to evaluate, and how."""
 
-    uniform: list[int | str] = field(default_factory=lambda: [2, 4, 8, FULL_PRECISION])
-    # name -> one {"attn_bits": b, "mlp_bits": b} per block (b an int width or "fp")
-    layer_wise: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # widths (ints or "fp"); None: every width the model was trained at, then "fp"
+    uniform: list[int | str] | None = None
+    # name -> one {"attn_bits": b, "mlp_bits": b} per block, or one such dict for every block;
+    # b is an int width, "fp", or "high" / "low" (the model's highest / lowest width)
+    layer_wise: dict[str, list[dict[str, Any]] | dict[str, Any]] = field(default_factory=dict)
     random_mixes: int = 0  # K random layer-wise mixes drawn from the model's widths
     seed: int = 0  # seed of the random mixes
     batch_size: int = 8  # sequences per evaluation forward
@@ -75,12 +78,15 @@ class EvalConfig:
     speed: SpeedConfig = field(default_factory=SpeedConfig)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.uniform, list):
-            raise ValueError(f"uniform: expected a list of widths, got {self.uniform!r}")
-        for width in self.uniform:
-            _check_width("uniform", width, SUPPORTED_WIDTHS)
-        if len(set(map(str, self.uniform))) != len(self.uniform):
-            raise ValueError(f"uniform: widths repeat in {self.uniform!r}")
+        if self.uniform is not None:
+            if not isinstance(self.uniform, list):
+                raise ValueError(
+                    f"uniform: expected a list of widths or null, got {self.uniform!r}"
+                )
+            for width in self.uniform:
+                _check_width("uniform", width, SUPPORTED_WIDTHS)
+            if len(set(map(str, self.uniform))) != len(self.uniform):
+                raise ValueError(f"uniform: widths repeat in {self.uniform!r}")
         if not isinstance(self.layer_wise, dict):
             raise ValueError(
                 f"layer_wise: expected a mapping name -> layer list, got {self.layer_wise!r}"
@@ -94,7 +100,7 @@ class EvalConfig:
             _check_int("max_batches", self.max_batches, minimum=1)
         if isinstance(self.speed, dict):  # built directly rather than by config_from_dict
             self.speed = SpeedConfig(**self.speed)
-        if not (self.uniform or self.layer_wise or self.random_mixes):
+        if self.uniform == [] and not (self.layer_wise or self.random_mixes):
             raise ValueError(
                 "uniform: no configuration to evaluate (uniform, layer_wise, random_mixes all empty)"
             )
@@ -137,13 +143,16 @@ def build_configurations(
             ``n_layer`` or whose entries are malformed; the message names the config.
     """
     allowed = tuple(sorted(bit_widths))
+    check_widths(eval_config, bit_widths)
     configurations = []
-    for width in eval_config.uniform:
+    uniform = eval_config.uniform
+    for width in [*allowed, FULL_PRECISION] if uniform is None else uniform:
         _check_width("uniform", width, allowed)
         bits = None if width == FULL_PRECISION else width
         name = FULL_PRECISION if bits is None else f"uniform_{bits}bit"
         configurations.append(BitConfiguration(name, "uniform", None, bits))
     for name, layers in eval_config.layer_wise.items():
+        layers = _resolve_layers(layers, allowed, n_layer)
         _check_layers(f"layer_wise.{name}", layers, allowed, n_layer)
         configurations.append(BitConfiguration(name, "layer_wise", _normalise_layers(layers), None))
     rng = random.Random(eval_config.seed)
@@ -155,6 +164,40 @@ def build_configurations(
     if duplicates:
         raise ValueError(f"layer_wise: configuration names {duplicates} clash with built-in names")
     return configurations
+
+
+def check_widths(eval_config: EvalConfig, bit_widths: list[int]) -> None:
+    """Check every width named in ``eval_config`` against the model's ``bit_widths``.
+
+    Needs no model, so a pipeline calls it before training; layer counts are checked later by
+    :func:`build_configurations`, once the model's depth is known.
+
+    Raises:
+        ValueError: naming the configuration and the widths allowed.
+    """
+    allowed = tuple(sorted(bit_widths))
+    for width in eval_config.uniform or []:
+        _check_width("uniform", width, allowed)
+    for name, layers in eval_config.layer_wise.items():
+        entries = [layers] if isinstance(layers, dict) else layers
+        for index, layer in enumerate(_resolve_layers(entries, allowed, None)):
+            for layer_key in LAYER_KEYS:
+                _check_width(f"layer_wise.{name}[{index}].{layer_key}", layer[layer_key], allowed)
+
+
+def _resolve_layers(
+    layers: list[dict[str, Any]] | dict[str, Any], allowed: tuple[int, ...], n_layer: int | None
+) -> list[dict[str, Any]]:
+    """One dict per block: a single dict is repeated ``n_layer`` times; "high"/"low" resolved."""
+    if isinstance(layers, dict):
+        layers = [layers] * (n_layer or 1)
+    symbolic = {"high": allowed[-1], "low": allowed[0]}
+    return [
+        {k: symbolic.get(v, v) if isinstance(v, str) else v for k, v in layer.items()}
+        if isinstance(layer, dict)
+        else layer
+        for layer in layers
+    ]
 
 
 def evaluate_configurations(
@@ -277,14 +320,20 @@ def _check_int(key: str, value: Any, minimum: int) -> None:
 
 
 def _check_width(key: str, width: Any, allowed: tuple[int, ...]) -> None:
-    valid = width == FULL_PRECISION or (not isinstance(width, bool) and width in allowed)
+    valid = width in (FULL_PRECISION, *SYMBOLIC_WIDTHS) or (
+        not isinstance(width, bool) and width in allowed
+    )
     if not valid or isinstance(width, float):
         raise ValueError(
-            f"{key}: width {width!r} is not allowed; choose from {list(allowed)} or {FULL_PRECISION!r}"
+            f"{key}: width {width!r} is not allowed; choose from {list(allowed)}, "
+            f"{FULL_PRECISION!r}, 'high' or 'low'"
         )
 
 
 def _check_layers(key: str, layers: Any, allowed: tuple[int, ...], n_layer: int | None) -> None:
+    if isinstance(layers, dict):  # one entry for every block
+        layers = [layers]
+        n_layer = None
     if not isinstance(layers, list) or not layers:
         raise ValueError(f"{key}: expected a non-empty list of {{'attn_bits', 'mlp_bits'}} dicts")
     if n_layer is not None and len(layers) != n_layer:

@@ -69,9 +69,23 @@ def test_unknown_keys_are_named():
         parse_switchable_params({**BASE, "modle": {}})
 
 
-def test_layer_wise_config_of_the_wrong_length_fails_before_training():
+def test_layer_wise_config_of_the_wrong_length_is_named():
     from router_pipelines.evaluation.configs import build_configurations
 
-    parsed = parse_switchable_params(BASE)
-    with pytest.raises(ValueError, match=r"layer_wise.attn8_mlp4.*4.*2|layer_wise.attn8_mlp4"):
+    params = copy.deepcopy(BASE)
+    params["experiment"]["evaluation"]["layer_wise"] = {"mix": [{"attn_bits": 8, "mlp_bits": 4}]}
+    parsed = parse_switchable_params(params)
+    with pytest.raises(ValueError, match=r"layer_wise.mix: has 1 layer entries; the model has 2"):
         build_configurations(parsed.experiment.evaluation, [2, 4, 8], n_layer=2)
+
+
+def test_evaluation_widths_the_model_lacks_fail_before_training():
+    params = with_change("model", "bit_widths", [2, 4])
+    params["experiment"]["evaluation"]["uniform"] = [2, 8]
+    with pytest.raises(ValueError, match=r"switchable.experiment.evaluation.uniform: width 8"):
+        parse_switchable_params(params)
+
+
+def test_narrower_bit_widths_work_with_the_default_evaluation():
+    parsed = parse_switchable_params(with_change("model", "bit_widths", [2, 4]))
+    assert parsed.switching.bit_widths == [2, 4]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from router_pipelines.config import check_choice, config_from_dict
-from router_pipelines.evaluation.configs import EvalConfig
+from router_pipelines.evaluation.configs import EvalConfig, check_widths
 from router_pipelines.families.switchable import DistillConfig, SwitchingConfig
 from router_pipelines.models.switchable import SwitchableConfig
 from router_pipelines.training import TrainingConfig
@@ -112,7 +112,12 @@ class SwitchableParams:
             strategy=self.family.switch_strategy,
             bit_widths=list(self.model.bit_widths),
             switch_interval=self.family.switch_interval,
-            bit_width_schedule=self.family.bit_width_schedule,
+            # the schedule is only read (and checked against bit_widths) when it is used
+            bit_width_schedule=(
+                self.family.bit_width_schedule
+                if self.family.switch_strategy == "scheduled"
+                else None
+            ),
             seed=self.engine.seed,
             max_steps=self.engine.max_steps,
         )
@@ -169,6 +174,10 @@ def parse_switchable_params(params: dict[str, Any]) -> SwitchableParams:
     _named("switchable.model", lambda: parsed.switchable)
     _named("switchable.training", lambda: parsed.switching)
     _named("switchable.training", lambda: parsed.distill)
+    _named(
+        "switchable.experiment.evaluation",
+        lambda: check_widths(parsed.experiment.evaluation, parsed.model.bit_widths),
+    )
     allowed_eval = ["lowest", "highest", "fp", *parsed.model.bit_widths]
     check_choice("switchable.training.eval_bits", parsed.family.eval_bits, allowed_eval)
     return parsed
