@@ -207,6 +207,28 @@ def test_eval_loss_is_token_weighted(make_config, model, train_data):
     assert result.history["eval_loss"] == [(1, pytest.approx((3 * 1.0 + 1 * 5.0) / 4))]
 
 
+def test_a_loss_metric_is_the_loss_not_a_second_copy(make_config, model, train_data):
+    """Families report their loss as a "loss" metric too; it must not be added twice."""
+
+    def reporting(model, batch, step):
+        loss, metrics = causal_lm_loss(model, batch, step)
+        return loss, {"loss": float(loss.detach()), **metrics}
+
+    config = make_config(max_steps=2, eval_steps=2, logging_steps=1, save_best_model=False)
+    eval_set = SyntheticLM(4, seed=3)
+    reported = Trainer(
+        model, reporting, train_data, eval_set, config=config, eval_loss_fn=reporting
+    ).train()
+    eval_loss = reported.history["eval_loss"][0][1]
+    plain = Trainer(
+        tiny_gpt2(), causal_lm_loss, train_data, eval_set, config=config
+    ).train()
+    assert eval_loss == pytest.approx(plain.history["eval_loss"][0][1], rel=1e-5)
+    assert [v for _, v in reported.history["train_loss"]] == pytest.approx(
+        [v for _, v in plain.history["train_loss"]], rel=1e-5
+    )
+
+
 def test_early_stopping_counts_evaluations(make_config, model, train_data, eval_data):
     config = make_config(
         max_steps=20,

@@ -12,6 +12,9 @@ from torch.utils.data import DataLoader
 
 from router_pipelines.training.losses import LossFn
 
+# Metric names a loss function may return that are not logged as metrics of their own.
+RESERVED_METRICS = ("tokens", "loss")
+
 
 def reduce_sums(accelerator: Accelerator, values: list[float]) -> list[float]:
     """Sum ``values`` element-wise over all processes (a collective call)."""
@@ -50,7 +53,8 @@ class LogWindow:
         self.loss_sum += loss.float()
         self.micro_batches += 1
         for key, value in metrics.items():
-            if key != "tokens":  # a weight for eval means, not a metric
+            # "tokens" is a weight for eval means; a "loss" metric is the returned loss itself
+            if key not in RESERVED_METRICS:
                 self.metric_sums[key] += float(value)
                 self.metric_counts[key] += 1
 
@@ -111,7 +115,7 @@ def evaluate(
             w = float(metrics.get("tokens", 1.0))
             sums["loss"] += float(loss) * w
             for key, value in metrics.items():
-                if key != "tokens":
+                if key not in RESERVED_METRICS:  # a "loss" metric would count the loss twice
                     sums[key] = sums.get(key, 0.0) + float(value) * w
             weight += w
     model.train(was_training)
