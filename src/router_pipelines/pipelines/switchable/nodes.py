@@ -121,6 +121,7 @@ def train_switchable(
     params = parse_switchable_params(switchable_params)
     teacher = base_model.model
     student_base = copy.deepcopy(teacher)
+    student_base.requires_grad_(True)  # the teacher gets frozen below; its copy must train
     if params.model.n_layer is not None:
         _keep_first_layers(student_base, params.model.n_layer)
     student = SwitchableLM.from_base(student_base, params.switchable)
