@@ -1,21 +1,14 @@
 import mlflow
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from router_pipelines.models.bundle import ModelBundle
 from router_pipelines.tracking import loss_curve_figure, metric_logger, register_bundle
 
 
 @pytest.fixture
-def bundle():
-    vocab = {"<pad>": 0, "<eos>": 1, **{chr(97 + i): i + 2 for i in range(26)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>"
-    )
+def bundle(char_tokenizer):
     torch.manual_seed(0)
     config = GPT2Config(
         n_layer=1,
@@ -26,7 +19,7 @@ def bundle():
         pad_token_id=0,
         eos_token_id=1,
     )
-    return ModelBundle(model=GPT2LMHeadModel(config), tokenizer=tokenizer)
+    return ModelBundle(model=GPT2LMHeadModel(config), tokenizer=char_tokenizer)
 
 
 def test_register_bundle_creates_versions_loadable_as_pyfunc(mlflow_store, bundle):

@@ -3,26 +3,19 @@ import time
 import pytest
 import torch
 from kedro.io.core import Version
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from router_pipelines.datasets import PretrainedModelDataset, PretrainedTokenizerDataset
 from router_pipelines.models.bundle import ModelBundle
 
 
 @pytest.fixture
-def bundle():
-    vocab = {"<pad>": 0, "<eos>": 1, **{chr(97 + i): i + 2 for i in range(26)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>"
-    )
+def bundle(char_tokenizer):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(
         GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=28, n_positions=16)
     )
-    return ModelBundle(model=model, tokenizer=tokenizer, metadata={"note": "x"})
+    return ModelBundle(model=model, tokenizer=char_tokenizer, metadata={"note": "x"})
 
 
 def test_versioned_model_dataset_never_overwrites_and_loads_newest(tmp_path, bundle):

@@ -1,17 +1,12 @@
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from router_pipelines.models.presets import PRESETS, ModelConfig, build_causal_lm
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    vocab = {"<pad>": 0, "<eos>": 1, **{chr(97 + i): i + 2 for i in range(26)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+@pytest.fixture
+def tokenizer(char_tokenizer):
+    return char_tokenizer
 
 
 @pytest.mark.parametrize("architecture", ["gpt2", "llama", "qwen2"])
