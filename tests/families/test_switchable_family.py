@@ -150,6 +150,9 @@ def test_distillation_kl_matches_reference():
     value = distillation_kl(student, teacher, labels, temperature=2.0)
     assert_close(value.double(), reference_kl(student, teacher, labels, 2.0))
     assert distillation_kl(student, student, labels, 1.0).abs() < 1e-6
+    every_position = torch.tensor([[1, 2, 3, 4], [4, 5, 5, 6]])  # the reshape path, no gather
+    value = distillation_kl(student, teacher, every_position, temperature=2.0)
+    assert_close(value.double(), reference_kl(student, teacher, every_position, 2.0))
 
 
 def test_single_width_loss_sets_precision_and_combines_terms(tiny_gpt2, batch):

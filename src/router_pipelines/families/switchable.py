@@ -177,18 +177,45 @@ def distillation_kl(
             f"teacher logits {tuple(teacher_logits.shape)} do not match the student's "
             f"{tuple(student_logits.shape)} (same vocabulary needed)"
         )
+    return _kl_to_targets(student_logits, soft_targets(teacher_logits, labels, temperature))
+
+
+@dataclass
+class SoftTargets:
+    """A teacher's tempered log-probabilities at the predicted positions, computed once per
+    batch and shared by every width that distils from it."""
+
+    mask: torch.Tensor  # (B, T-1) bool: positions whose next label counts
+    log_probs: torch.Tensor | None  # (N, V) log softmax(teacher / T); None when N == 0
+    temperature: float
+
+
+def soft_targets(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> SoftTargets:
+    """The soft targets of ``logits`` ``(B, T, V)`` (not differentiated) for ``labels`` ``(B, T)``."""
     mask = labels[:, 1:] != IGNORE_INDEX  # (B, T-1)
     if not bool(mask.any()):
+        return SoftTargets(mask, None, temperature)
+    teacher = _positions(logits.detach(), mask).float() / temperature  # (N, V)
+    return SoftTargets(mask, F.log_softmax(teacher, dim=-1), temperature)
+
+
+def _kl_to_targets(student_logits: torch.Tensor, targets: SoftTargets) -> torch.Tensor:
+    """``T^2 * mean KL(targets || softmax(student/T))`` over the targets' positions."""
+    if targets.log_probs is None:
         return student_logits.new_zeros((), dtype=torch.float32)
-    student = student_logits[:, :-1][mask].float() / temperature  # (N, V)
-    teacher = teacher_logits[:, :-1][mask].detach().float() / temperature
+    temperature = targets.temperature
+    student = _positions(student_logits, targets.mask).float() / temperature  # (N, V)
     kl = F.kl_div(
-        F.log_softmax(student, dim=-1),
-        F.log_softmax(teacher, dim=-1),
-        log_target=True,
-        reduction="none",
+        F.log_softmax(student, dim=-1), targets.log_probs, log_target=True, reduction="none"
     ).sum(-1)  # (N,)
     return kl.mean() * temperature**2
+
+
+def _positions(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Rows of ``logits[:, :-1]`` where ``mask`` holds, as ``(N, V)``; a plain reshape when every
+    position counts (boolean indexing copies through a slower gather)."""
+    shifted = logits[:, :-1]
+    return shifted.reshape(-1, shifted.shape[-1]) if bool(mask.all()) else shifted[mask]
 
 
 def make_switchable_loss(
@@ -230,20 +257,24 @@ def make_switchable_loss(
                 batch["input_ids"], batch["attention_mask"], switching.bit_widths
             )
             prepared.append(True)
-        teacher_logits = None
+        teacher_targets = None
         if teacher is not None and distill.kd_weight > 0:
-            teacher_logits = _teacher_logits(teacher, batch)
+            # once per step, shared by every width of a joint step
+            teacher_targets = soft_targets(
+                _teacher_logits(teacher, batch), batch["labels"], distill.temperature
+            )
         tokens = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
         if switching.strategy != "joint":
             student.set_precision(widths[0])
-            loss, parts = _width_loss(_forward(model, batch), batch, teacher_logits, None, distill)
+            output = _forward(model, batch)
+            loss, parts = _width_loss(output, batch, teacher_targets, None, distill)
             metrics = {"ce": parts["ce"], "kd": parts["kd"], "bits": _bits_metric(widths[0])}
             return loss, {"loss": float(loss.detach()), **metrics, "tokens": tokens}
         # One forward call runs every width (DDP allows one forward per backward).
         outputs = _forward(model, batch, precisions=widths)
         total, higher_logits, per_width = 0.0, None, []
         for output in outputs:
-            loss, parts = _width_loss(output, batch, teacher_logits, higher_logits, distill)
+            loss, parts = _width_loss(output, batch, teacher_targets, higher_logits, distill)
             total = total + loss
             higher_logits = output.logits.detach()
             per_width.append(parts)
@@ -293,15 +324,15 @@ def _forward(
 def _width_loss(
     output: Any,
     batch: dict[str, torch.Tensor],
-    teacher_logits: torch.Tensor | None,
+    teacher_targets: SoftTargets | None,
     higher_logits: torch.Tensor | None,
     distill: DistillConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one width's HF ``output``: ``(loss, {ce, kd, kd_inter})``."""
     loss = distill.ce_weight * output.loss
     parts = {"ce": float(output.loss.detach()), "kd": 0.0, "kd_inter": 0.0}
-    if teacher_logits is not None:
-        kd = distillation_kl(output.logits, teacher_logits, batch["labels"], distill.temperature)
+    if teacher_targets is not None:
+        kd = _kl_to_targets(output.logits, teacher_targets)
         loss = loss + distill.kd_weight * kd
         parts["kd"] = float(kd.detach())
     if higher_logits is not None and distill.inter_width_kd_weight > 0:
