@@ -220,9 +220,7 @@ def test_a_loss_metric_is_the_loss_not_a_second_copy(make_config, model, train_d
         model, reporting, train_data, eval_set, config=config, eval_loss_fn=reporting
     ).train()
     eval_loss = reported.history["eval_loss"][0][1]
-    plain = Trainer(
-        tiny_gpt2(), causal_lm_loss, train_data, eval_set, config=config
-    ).train()
+    plain = Trainer(tiny_gpt2(), causal_lm_loss, train_data, eval_set, config=config).train()
     assert eval_loss == pytest.approx(plain.history["eval_loss"][0][1], rel=1e-5)
     assert [v for _, v in reported.history["train_loss"]] == pytest.approx(
         [v for _, v in plain.history["train_loss"]], rel=1e-5

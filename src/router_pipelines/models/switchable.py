@@ -405,7 +405,9 @@ def _store_shared_once(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
     safetensors refuses tensors that share memory."""
     kept, seen = {}, set()
     for key, tensor in state_dict.items():
-        pointer = (tensor.device, tensor.data_ptr(), tuple(tensor.shape)) if tensor.numel() else None
+        pointer = (
+            (tensor.device, tensor.data_ptr(), tuple(tensor.shape)) if tensor.numel() else None
+        )
         if pointer is not None and pointer in seen:
             continue
         if pointer is not None:

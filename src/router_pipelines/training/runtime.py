@@ -39,9 +39,7 @@ def build_accelerator(config: TrainingConfig) -> Accelerator:
         # Families that train part of the model per step (one bit width's quantizers) need
         # DDP to tolerate parameters without gradients; it costs a graph walk, so opt-in.
         kwargs_handlers=[
-            DistributedDataParallelKwargs(
-                find_unused_parameters=config.ddp_find_unused_parameters
-            )
+            DistributedDataParallelKwargs(find_unused_parameters=config.ddp_find_unused_parameters)
         ],
     )
 
