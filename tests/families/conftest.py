@@ -1,19 +1,10 @@
-"""Fixtures for the family tests: tiny models, a batch, and one CPU thread."""
+"""Fixtures for the family tests: tiny models and a batch (tests/conftest.py sets one thread)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread avoids oversubscribing the shared cores (10x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -21,15 +21,6 @@ from router_pipelines.models.quantization import (
 ALL_WIDTHS = range(2, 9)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread avoids oversubscribing the shared cores (10x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def reference_fake_quant(x: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric narrow-range fake quantization in float64, written independently."""
     qp = 2 ** (bits - 1) - 1

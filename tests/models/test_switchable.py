@@ -41,15 +41,6 @@ LLAMA_LINEARS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one thread avoids oversubscribing the shared cores (10x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_gpt2() -> GPT2LMHeadModel:
     """2 layers, no dropout (train-mode forwards stay deterministic)."""
     config = GPT2Config(

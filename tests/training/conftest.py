@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from accelerate.state import AcceleratorState, GradientState
 from training_tiny import SyntheticLM, tiny_gpt2
 
@@ -21,15 +20,6 @@ def _fresh_accelerate_state():
 def _reset_accelerate() -> None:
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: a tiny GPT-2 step is ~15x faster than with 2 contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
