@@ -27,13 +27,17 @@ logger = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
 
 
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log ``metrics`` to the active MLflow run; nothing when no run is active."""
+    if mlflow.active_run() is not None and metrics:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
 def metric_logger(prefix: str = "") -> Callable[[Mapping[str, float], int], None]:
     """A ``log_fn(metrics, step)`` for the training engine that logs to the active MLflow run."""
 
     def log(metrics: Mapping[str, float], step: int) -> None:
-        if mlflow.active_run() is None:
-            return
-        mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items()}, step=step)
+        log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
 
     return log
 
@@ -185,5 +189,4 @@ def log_figure(figure: Any, name: str, metrics: Mapping[str, float] | None = Non
     if mlflow.active_run() is None:
         return
     mlflow.log_figure(figure, name)
-    if metrics:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    log_metrics(metrics or {})

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 # A bare Figure (no pyplot) renders with Agg and needs no display nor global backend switch.
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 DIRECTIONS = ("min", "max")
@@ -47,7 +48,13 @@ def pareto_front(df: pd.DataFrame, objectives: dict[str, str]) -> pd.Series:
 
 
 def plot_pareto(
-    df: pd.DataFrame, x: str, y: str, front_mask: pd.Series, title: str, label: str = "name"
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    front_mask: pd.Series,
+    title: str,
+    label: str = "name",
+    axes: Axes | None = None,
 ) -> Figure:
     """Scatter of all configurations with the front connected and labelled.
 
@@ -58,16 +65,19 @@ def plot_pareto(
         front_mask: boolean Series on ``df.index`` (from :func:`pareto_front`).
         title: axes title.
         label: column whose values label the front points.
+        axes: draw into these axes (e.g. one panel of a larger figure) instead of a new figure.
 
     Returns:
-        A matplotlib ``Figure`` (not registered with pyplot, so nothing leaks between calls).
+        The matplotlib ``Figure`` drawn into (a new one is not registered with pyplot, so
+        nothing leaks between calls).
     """
     for column in (x, y, label):
         if column not in df.columns:
             raise ValueError(f"plot_pareto: column {column!r} is not in {list(df.columns)}")
     front_mask = front_mask.reindex(df.index, fill_value=False).astype(bool)
-    figure = Figure(figsize=(6, 4.5))
-    axes = figure.add_subplot()
+    if axes is None:
+        axes = Figure(figsize=(6, 4.5)).add_subplot()
+    figure = axes.figure
     rest = df[~front_mask]
     axes.scatter(rest[x], rest[y], color="0.6", label="dominated")
     front = df[front_mask].sort_values(x)

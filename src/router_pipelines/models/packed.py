@@ -59,7 +59,21 @@ def weight_codes(quant_linear: nn.Module, bits: int) -> tuple[torch.Tensor, torc
     return codes.detach().to(torch.int8), scale.detach().to(torch.float32).reshape(-1)
 
 
-class PackedInt8Linear(nn.Module):
+class _PackedLinear(nn.Module):
+    """What the packed layers share: building one from a QuantLinear's codes at ``BITS``."""
+
+    BITS: int
+
+    @classmethod
+    def from_quant_linear(
+        cls, quant_linear: nn.Module, compute_dtype: torch.dtype | None = None
+    ) -> _PackedLinear:
+        """Pack ``quant_linear``'s ``BITS``-bit codes."""
+        codes, scale = weight_codes(quant_linear, cls.BITS)
+        return cls(codes, scale, quant_linear.bias, compute_dtype)
+
+
+class PackedInt8Linear(_PackedLinear):
     """Weight-only int8 linear: ``y = x @ (codes * scale[:, None]).T + bias``.
 
     Args:
@@ -68,6 +82,8 @@ class PackedInt8Linear(nn.Module):
         bias: ``(out,)`` or ``None``.
         compute_dtype: dtype the kernel runs in (``None``: the dtype of x).
     """
+
+    BITS = 8
 
     def __init__(
         self,
@@ -84,14 +100,6 @@ class PackedInt8Linear(nn.Module):
         self.register_buffer("scale", scale.to(torch.float32).contiguous())
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
-    @classmethod
-    def from_quant_linear(
-        cls, quant_linear: nn.Module, compute_dtype: torch.dtype | None = None
-    ) -> PackedInt8Linear:
-        """Pack ``quant_linear``'s 8-bit codes."""
-        codes, scale = weight_codes(quant_linear, 8)
-        return cls(codes, scale, quant_linear.bias, compute_dtype)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (..., in) -> (..., out)`` in the dtype of x."""
         x2 = _kernel_input(x, self.in_features, self.compute_dtype)  # (N, in)
@@ -102,7 +110,7 @@ class PackedInt8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bits=8"
 
 
-class PackedInt4Linear(nn.Module):
+class PackedInt4Linear(_PackedLinear):
     """Weight-only int4 linear on the tinygemm kernels (see the module docstring).
 
     Args:
@@ -115,6 +123,8 @@ class PackedInt4Linear(nn.Module):
     The weight is packed for the device ``codes`` lives on; move the source model first, then
     pack (the CPU and CUDA packed layouts differ).
     """
+
+    BITS = 4
 
     def __init__(
         self,
@@ -147,14 +157,6 @@ class PackedInt4Linear(nn.Module):
         scales_and_zeros[:, :, 0] = scale.to(torch.float32)[None, :]  # zero stays 0: symmetric
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
-
-    @classmethod
-    def from_quant_linear(
-        cls, quant_linear: nn.Module, compute_dtype: torch.dtype | None = None
-    ) -> PackedInt4Linear:
-        """Pack ``quant_linear``'s 4-bit codes."""
-        codes, scale = weight_codes(quant_linear, 4)
-        return cls(codes, scale, quant_linear.bias, compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x (..., in) -> (..., out)`` in the dtype of x."""

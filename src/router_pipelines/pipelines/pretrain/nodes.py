@@ -92,7 +92,7 @@ def train_base_model(
         metadata={"family": "causal_lm", "training": summary, "model_config": asdict(config.model)},
     )
     figure = loss_curve_figure(result.history, f"pretrain ({config.model.preset})")
-    return bundle, summary, figure, _resolved(config)
+    return bundle, summary, figure, asdict(config)
 
 
 def _run_lr_finder(model: Any, train_set: Any, config: PretrainConfig) -> PretrainConfig:
@@ -113,10 +113,6 @@ def _run_lr_finder(model: Any, train_set: Any, config: PretrainConfig) -> Pretra
     if config.lr_finder.use_suggestion:
         config.training.learning_rate = float(finder.suggestion)
     return config
-
-
-def _resolved(config: PretrainConfig) -> dict[str, Any]:
-    return asdict(config)
 
 
 def register_base_model(

@@ -12,9 +12,10 @@ from matplotlib.figure import Figure
 
 from router_pipelines.data.torch_dataset import TokenBlockDataset
 from router_pipelines.evaluation.configs import build_configurations, evaluate_configurations
-from router_pipelines.evaluation.pareto import pareto_front
+from router_pipelines.evaluation.pareto import pareto_front, plot_pareto
 from router_pipelines.models.bundle import ModelBundle
 from router_pipelines.pipelines.switchable.config import parse_switchable_params
+from router_pipelines.tracking import log_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +49,13 @@ def evaluate_bit_configurations(
 
 
 def _log_metrics(table: pd.DataFrame) -> None:
-    import mlflow
-
-    if mlflow.active_run() is None:
-        return
     metrics = {}
     for _, row in table.iterrows():
         for key in ("perplexity", "token_accuracy", "effective_bits", "tokens_per_s"):
             value = row.get(key)
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 metrics[f"eval/{row['name']}/{key}"] = float(value)
-    mlflow.log_metrics(metrics)
+    log_metrics(metrics)
 
 
 def pareto_analysis(
@@ -90,27 +87,16 @@ def pareto_analysis(
 
 
 def _plot_fronts(table: pd.DataFrame) -> Figure:
+    """Both fronts side by side: perplexity against effective bits and against tokens/s."""
     figure = Figure(figsize=(12, 4.5))
     for index, (column, objectives) in enumerate(FRONTS.items()):
-        axes = figure.add_subplot(1, 2, index + 1)
         x = next(k for k in objectives if k != "perplexity")
-        mask = table[column]
-        rest = table[~mask]
-        axes.scatter(rest[x], rest["perplexity"], color="0.6", label="dominated")
-        front = table[mask].sort_values(x)
-        axes.plot(front[x], front["perplexity"], "o-", color="C0", label="Pareto front")
-        for _, row in front.iterrows():
-            axes.annotate(
-                str(row["name"]),
-                (row[x], row["perplexity"]),
-                textcoords="offset points",
-                xytext=(4, 4),
-                fontsize=8,
-            )
-        axes.set_xlabel(x)
-        axes.set_ylabel("validation perplexity")
-        axes.set_title(f"perplexity vs {x}")
-        axes.grid(alpha=0.3)
-        axes.legend(loc="best")
-    figure.tight_layout()
+        plot_pareto(
+            table,
+            x,
+            "perplexity",
+            table[column],
+            f"perplexity vs {x}",
+            axes=figure.add_subplot(1, 2, index + 1),
+        )
     return figure

@@ -22,7 +22,12 @@ from router_pipelines.models.bundle import ModelBundle
 from router_pipelines.models.switchable import SwitchableLM
 from router_pipelines.pipelines.pretrain.nodes import PretrainConfig, train_base_model
 from router_pipelines.pipelines.switchable.config import SwitchableParams, parse_switchable_params
-from router_pipelines.tracking import loss_curve_figure, metric_logger, register_bundle
+from router_pipelines.tracking import (
+    log_metrics,
+    loss_curve_figure,
+    metric_logger,
+    register_bundle,
+)
 from router_pipelines.training import Trainer
 
 logger = logging.getLogger(__name__)
@@ -157,7 +162,7 @@ def train_switchable(
         "seconds": round(result.seconds, 2),
     }
     logger.info("Switchable model trained: %s", summary)
-    _log_width_counts(steps_per_width)
+    log_metrics({f"steps_{name}": n for name, n in steps_per_width.items()})
     model = result.model.cpu()
     model.set_precision(None)
     bundle = ModelBundle(
@@ -171,13 +176,6 @@ def train_switchable(
 
 def _width_name(width: Any) -> str:
     return "fp" if width in (None, "fp") else f"{int(width)}bit"
-
-
-def _log_width_counts(steps_per_width: dict[str, int]) -> None:
-    import mlflow
-
-    if mlflow.active_run() is not None:
-        mlflow.log_metrics({f"steps_{name}": float(n) for name, n in steps_per_width.items()})
 
 
 def _keep_first_layers(model: Any, n_layer: int) -> None:
