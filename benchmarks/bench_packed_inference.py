@@ -50,7 +50,7 @@ from router_pipelines.models.packed import (
     pack_switchable_model,
 )
 from router_pipelines.models.presets import PRESETS, ModelConfig, transformers_config
-from router_pipelines.models.quantization import QuantLinear
+from router_pipelines.models.quant_modules import QuantLinear
 from router_pipelines.models.switchable import SwitchableConfig, SwitchableLM
 
 NAME = "packed_inference"

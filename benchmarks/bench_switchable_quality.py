@@ -144,6 +144,9 @@ def train_student(
         batch_size=args.batch_size,
         warmup_steps=min(params["training"]["warmup_steps"], args.steps // 10),
     )
+    for key in ("learning_rate", "ce_weight", "kd_weight"):
+        if getattr(args, key) is not None:
+            params["training"][key] = getattr(args, key)
     # train_switchable freezes the teacher it is given (requires_grad_(False)); a deep copy
     # keeps the base trainable for the next student, which is copied from it.
     fresh = ModelBundle(copy.deepcopy(base.model), base.tokenizer, dict(base.metadata))
@@ -268,6 +271,9 @@ def run(args: argparse.Namespace) -> None:
                 "strategies",
                 "switch_interval",
                 "step_init",
+                "learning_rate",
+                "ce_weight",
+                "kd_weight",
                 "eval_batches",
                 "eval_batch_size",
                 "quick",
@@ -348,6 +354,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["mse", "lsq", "max"],
         default=None,
         help="quantizer step init (default: the YAML's, mse)",
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="QAT lr (default: the YAML's)"
+    )
+    parser.add_argument(
+        "--ce-weight", type=float, default=None, help="label CE weight (default: the YAML's)"
+    )
+    parser.add_argument(
+        "--kd-weight", type=float, default=None, help="teacher KD weight (default: the YAML's)"
     )
     parser.add_argument("--eval-batches", type=int, default=11)
     parser.add_argument("--eval-batch-size", type=int, default=8)

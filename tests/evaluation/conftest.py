@@ -44,6 +44,15 @@ def tiny_switchable() -> SwitchableLM:
 
 
 @pytest.fixture
+def tiny_switchable_tables() -> SwitchableLM:
+    """``tiny_switchable`` with its embeddings and (tied) LM head quantized too."""
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(tiny_gpt2_config())
+    config = SwitchableConfig(bit_widths=[2, 4, 8], quantize_lm_head=True, quantize_embeddings=True)
+    return SwitchableLM.from_base(base, config).eval()
+
+
+@pytest.fixture
 def lm_dataset() -> ListDataset:
     """Four seeded sequences of 16 tokens, all positions scored."""
     generator = torch.Generator().manual_seed(0)

@@ -27,7 +27,7 @@ class StubSwitchable(nn.Module):
         self.head.weight = self.embed.weight  # tied: counted once
         self.widths = {"a": (4, 8), "b": (8, 8)}
 
-    def quant_linears(self):
+    def quant_modules(self):
         return {"a": self.a, "b": self.b}
 
     def precision_map(self):
@@ -112,3 +112,27 @@ def test_switchable_gpt2_layer_wise_by_hand(tiny_switchable):
     block0 = (12288 + 4096) * (8 + 0.25) + 16384 * (2 + 0.25) + 16384 * (2 + 0.0625)
     block1 = (12288 + 4096) * 16 + 16384 * (4 + 0.25) + 16384 * (4 + 0.0625)
     assert report["effective_bits"] == pytest.approx((block0 + block1) / (2 * 49152))
+
+
+def test_quantized_tied_embedding_and_head_count_one_table(tiny_switchable_tables):
+    model = tiny_switchable_tables
+    model.set_precision(4)
+    report = bit_report(model)
+    block_bits = (12288 + 4096 + 16384) * 4.25 + 16384 * 4.0625
+    # wte (128 x 64, also the LM head: counted once) and wpe (64 x 64), one fp16 scale per row
+    tables = (8192 + 4096) * (4 + 16 / 64)
+    quantized = 2 * 49152 + 8192 + 4096
+    assert report["quantized_weights"] == quantized
+    assert report["effective_bits"] == pytest.approx((2 * block_bits + tables) / quantized)
+    others = 128 + 2 * (256 + 576)  # ln_f, per block 2 norms + biases
+    assert report["total_params"] == quantized + others
+    rows = 2 * 576 + 128 + 64
+    assert report["weight_bytes"] == quantized // 2 + 2 * rows + 2 * others
+
+
+def test_a_shared_table_at_two_widths_is_refused(tiny_switchable_tables):
+    model = tiny_switchable_tables
+    model.set_precision(4)
+    model.model.lm_head.set_bits(8, 8)
+    with pytest.raises(ValueError, match="lm_head .8 bits. shares its weight with transformer.wte"):
+        bit_report(model)

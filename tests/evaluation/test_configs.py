@@ -129,6 +129,24 @@ def test_apply_sets_the_precision(tiny_switchable):
     assert precision["transformer.h.1.mlp.c_proj"] == (None, None)
 
 
+def test_layer_wise_puts_tables_at_its_highest_width(tiny_switchable_tables):
+    model = tiny_switchable_tables
+    mixes = {
+        "low_high": {"attn_bits": 2, "mlp_bits": 4},
+        "with_fp": [{"attn_bits": 8, "mlp_bits": 2}, {"attn_bits": "fp", "mlp_bits": 4}],
+    }
+    configurations = build_configurations(EvalConfig(uniform=[2], layer_wise=mixes), [2, 4, 8], 2)
+    by_name = {c.name: c for c in configurations}
+    by_name["uniform_2bit"].apply(model)
+    by_name["low_high"].apply(model)
+    precision = model.precision_map()
+    assert by_name["low_high"].outer_bits == 4
+    assert precision["lm_head"] == (4, 8) and precision["transformer.wte"] == (4, None)
+    assert precision["transformer.h.1.attn.c_attn"] == (2, 8)
+    by_name["with_fp"].apply(model)
+    assert model.precision_map()["transformer.wpe"] == (None, None)
+
+
 def test_evaluate_configurations_end_to_end(tiny_switchable, lm_dataset):
     config = EvalConfig(layer_wise={"mixed": MIXED}, batch_size=2, speed=SpeedConfig(**FAST_SPEED))
     configurations = build_configurations(config, [2, 4, 8], n_layer=2)

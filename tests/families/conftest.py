@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from tiny_models import tiny_gpt2 as build_tiny_gpt2
+from transformers import GPT2LMHeadModel
 
 
 @pytest.fixture
 def tiny_gpt2() -> GPT2LMHeadModel:
     """A 2-layer GPT-2 without dropout, so train-mode forwards are deterministic."""
     torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        vocab_size=128,
-        n_positions=32,
-        bos_token_id=0,
-        eos_token_id=0,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    return GPT2LMHeadModel(config)
+    return build_tiny_gpt2().train()
 
 
 @pytest.fixture

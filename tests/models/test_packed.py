@@ -5,11 +5,13 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from router_pipelines.models.packed import (
+    PackedEmbedding,
     PackedInt4Linear,
     PackedInt8Linear,
     pack_switchable_model,
 )
-from router_pipelines.models.quantization import MultiWidthQuantizer, NestedQuantizer, QuantLinear
+from router_pipelines.models.quant_modules import QuantLinear
+from router_pipelines.models.quantization import MultiWidthQuantizer, NestedQuantizer
 from router_pipelines.models.switchable import SwitchableConfig, SwitchableLM
 
 # GPT-2 small's linear shapes (in_features, out_features): c_attn, attn c_proj, c_fc, mlp c_proj
@@ -190,3 +192,30 @@ def test_int4_unsupported_shape_raises_naming_the_layer():
 def test_bad_compute_dtype_raises():
     with pytest.raises(ValueError, match="compute_dtype"):
         PackedInt8Linear(*random_codes(16, 32, 8), compute_dtype=torch.int8)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_packed_model_with_quantized_tables_matches_fake_quant(bits):
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64)
+    switchable = SwitchableConfig(
+        bit_widths=[4, 8], quantize_lm_head=True, quantize_embeddings=True
+    )
+    model = SwitchableLM.from_base(GPT2LMHeadModel(config), switchable).eval()
+    input_ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        model.set_precision(bits, act_bits=None)
+        expected = model(input_ids=input_ids).logits
+        packed = pack_switchable_model(model, bits)
+        got = packed(input_ids=input_ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    tables = [m for m in packed.modules() if isinstance(m, PackedEmbedding)]
+    assert len(tables) == 2 and all(t.codes.dtype == torch.int8 for t in tables)
+    assert packed.quant_modules() == {}
+    kind = PackedInt8Linear if bits == 8 else PackedInt4Linear
+    assert isinstance(packed.model.lm_head, kind)
+
+
+def test_packed_embedding_rejects_bad_codes():
+    with pytest.raises(ValueError, match="scale: expected shape"):
+        PackedEmbedding(torch.zeros(4, 8, dtype=torch.int8), torch.ones(3))

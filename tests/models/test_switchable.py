@@ -7,14 +7,15 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_gpt2, tiny_llama
 from torch import nn
 from torch.testing import assert_close
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from router_pipelines.config import config_from_dict
 from router_pipelines.models.quantization import MultiWidthQuantizer, NestedQuantizer
 from router_pipelines.models.switchable import (
+    QuantEmbedding,
     QuantLinear,
     SwitchableConfig,
     SwitchableLM,
@@ -39,35 +40,6 @@ LLAMA_LINEARS = [
         "mlp.down_proj",
     )
 ]
-
-
-def tiny_gpt2() -> GPT2LMHeadModel:
-    """2 layers, no dropout (train-mode forwards stay deterministic)."""
-    config = GPT2Config(
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        vocab_size=128,
-        n_positions=32,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return GPT2LMHeadModel(config).eval()
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=128,
-    )
-    return LlamaForCausalLM(config).eval()
 
 
 @pytest.fixture
@@ -131,12 +103,78 @@ def test_make_switchable_llama_swaps_exactly_the_block_linears():
     assert isinstance(model.model.layers[0].mlp.up_proj.weight_quantizer, NestedQuantizer)
 
 
-def test_quantize_lm_head_keeps_gpt2_weights_tied():
+def test_tied_gpt2_head_and_embeddings_share_one_quantized_table():
     model = tiny_gpt2()
-    swapped = make_switchable(model, SwitchableConfig(quantize_lm_head=True))
-    assert swapped == [*GPT2_LINEARS, "lm_head"]
+    config = SwitchableConfig(quantize_lm_head=True, quantize_embeddings=True)
+    swapped = make_switchable(model, config)
+    assert swapped == ["transformer.wte", "transformer.wpe", *GPT2_LINEARS, "lm_head"]
+    wte, wpe = model.transformer.wte, model.transformer.wpe
     assert isinstance(model.lm_head, QuantLinear)
-    assert model.lm_head.weight is model.transformer.wte.weight
+    assert isinstance(wte, QuantEmbedding) and isinstance(wpe, QuantEmbedding)
+    assert model.lm_head.weight is wte.weight
+    assert model.lm_head.weight_quantizer is wte.weight_quantizer  # one code table
+    assert wpe.weight_quantizer is not wte.weight_quantizer
+    assert model.get_input_embeddings() is wte
+
+
+@pytest.mark.parametrize(
+    ("head", "embeddings"), [(True, False), (False, True)], ids=["head_only", "embeddings_only"]
+)
+def test_tied_model_refuses_to_quantize_only_one_side(head, embeddings):
+    model = tiny_gpt2()
+    config = SwitchableConfig(quantize_lm_head=head, quantize_embeddings=embeddings)
+    with pytest.raises(ValueError, match=rf"quantize_lm_head \({head}\) and quantize_embeddings"):
+        make_switchable(model, config)
+    # nothing was swapped
+    assert type(model.lm_head) is nn.Linear
+    assert type(model.transformer.wte) is nn.Embedding
+    assert type(model.transformer.h[0].attn.c_attn) is Conv1D
+
+
+def test_untied_llama_quantizes_embeddings_alone():
+    model = tiny_llama()
+    swapped = make_switchable(model, SwitchableConfig(quantize_embeddings=True))
+    assert swapped == ["model.embed_tokens", *LLAMA_LINEARS]
+    assert isinstance(model.model.embed_tokens, QuantEmbedding)
+    assert type(model.lm_head) is nn.Linear
+    tied = tiny_llama(tie_word_embeddings=True)
+    with pytest.raises(ValueError, match="LlamaForCausalLM ties its token embedding"):
+        make_switchable(tied, SwitchableConfig(quantize_embeddings=True))
+
+
+def test_quantized_embeddings_follow_the_precision(input_ids):
+    base = tiny_gpt2()
+    config = SwitchableConfig(quantize_lm_head=True, quantize_embeddings=True)
+    model = SwitchableLM.from_base(copy.deepcopy(base), config)
+    assert set(model.quant_embeddings()) == {"transformer.wte", "transformer.wpe"}
+    assert len(model.quant_modules()) == len(model.quant_linears()) + 2
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=input_ids).logits, base(input_ids=input_ids).logits)
+        model.set_precision(4)
+        precision = model.precision_map()
+        assert precision["transformer.wte"] == (4, None)
+        assert precision["lm_head"] == (4, 8)
+        wte = model.model.transformer.wte
+        expected = wte.weight_quantizer(wte.weight, 4)[input_ids]
+        assert torch.equal(wte(input_ids), expected)
+        assert not torch.equal(expected, base.transformer.wte(input_ids))
+    model.set_layer_precision([{"attn_bits": 8, "mlp_bits": 2}] * 2)  # blocks only
+    assert model.precision_map()["transformer.wpe"] == (4, None)
+    model.set_precision(None)
+    assert model.initialize_quantizers(input_ids) == [2, 4, 8]
+    assert all(m.weight_quantizer.is_initialized(2) for m in model.quant_embeddings().values())
+
+
+def test_embedding_steps_learn(input_ids):
+    config = SwitchableConfig(quantize_lm_head=True, quantize_embeddings=True)
+    model = SwitchableLM.from_base(tiny_gpt2(), config).train()
+    model.set_precision(2)
+    model(input_ids=input_ids, labels=input_ids).loss.backward()
+    wpe = model.model.transformer.wpe
+    shared = model.model.transformer.wte.weight_quantizer.quantizers["2"].step
+    assert wpe.weight_quantizer.quantizers["2"].step.grad.abs().sum() > 0
+    assert shared.grad.abs().sum() > 0  # from the look-up and the LM head
+    assert model.model.transformer.wte.weight.grad.abs().sum() > 0
 
 
 def test_make_switchable_refuses_a_model_without_linears():
@@ -238,8 +276,8 @@ def test_switchable_config_other_errors():
         SwitchableConfig(bit_widths=[4, 4])
     with pytest.raises(ValueError, match="act_bits: 'fixed'"):
         SwitchableConfig(act_bits="fixed")
-    with pytest.raises(ValueError, match="quantize_embeddings: True is not supported"):
-        SwitchableConfig(quantize_embeddings=True)
+    with pytest.raises(ValueError, match="quantize_embeddings: expected true or false"):
+        SwitchableConfig(quantize_embeddings="yes")
     with pytest.raises(ValueError, match=r"switchable\.step_init: 'median'"):
         config_from_dict(SwitchableConfig, {"step_init": "median"}, "switchable")
 
@@ -261,6 +299,25 @@ def test_save_and_load_round_trip_gives_identical_logits(tmp_path, input_ids):
     assert loaded.model.lm_head.weight is loaded.model.transformer.wte.weight
     loaded.eval()
     other_ids = torch.randint(0, 128, (2, 12))  # no quantizer may re-initialise on new data
+    with torch.no_grad():
+        for bits in (None, 2, 4, 8):
+            model.set_precision(bits)
+            loaded.set_precision(bits)
+            assert torch.equal(
+                loaded(input_ids=other_ids).logits, model(input_ids=other_ids).logits
+            )
+
+
+def test_round_trip_with_quantized_tied_embeddings(tmp_path, input_ids):
+    config = SwitchableConfig(quantize_lm_head=True, quantize_embeddings=True)
+    model = SwitchableLM.from_base(tiny_gpt2(), config)
+    model.initialize_quantizers(input_ids)
+    model.save_pretrained(tmp_path)
+    loaded = SwitchableLM.from_pretrained(tmp_path).eval()
+    wte = loaded.model.transformer.wte
+    assert isinstance(wte, QuantEmbedding)
+    assert loaded.model.lm_head.weight_quantizer is wte.weight_quantizer
+    other_ids = torch.randint(0, 128, (2, 12))
     with torch.no_grad():
         for bits in (None, 2, 4, 8):
             model.set_precision(bits)
@@ -317,3 +374,11 @@ def test_wrapper_delegates_config_and_rejects_unswapped_models():
     model = SwitchableLM.from_base(base, SwitchableConfig())
     assert model.config is base.config and model.num_layers == 2
     assert list(model.quant_linears()) == GPT2_LINEARS
+
+
+def test_an_embedding_that_cannot_be_quantized_leaves_the_model_untouched():
+    model = tiny_llama()
+    model.model.embed_tokens.max_norm = 1.0
+    with pytest.raises(NotImplementedError, match="max_norm"):
+        make_switchable(model, SwitchableConfig(quantize_embeddings=True))
+    assert not any(isinstance(m, QuantLinear | QuantEmbedding) for m in model.modules())

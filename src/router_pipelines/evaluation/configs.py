@@ -116,11 +116,25 @@ class BitConfiguration:
     bits: int | None  # uniform width; None for full precision or layer-wise
 
     def apply(self, model: nn.Module) -> None:
-        """Set ``model`` (a ``SwitchableLM``) to this precision."""
+        """Set ``model`` (a ``SwitchableLM``) to this precision.
+
+        A layer-wise configuration sets the blocks; the quantized modules outside them (a
+        quantized LM head or embeddings) get the highest width its blocks use, or full
+        precision if any block is, so each configuration is fully defined by itself.
+        """
         if self.kind == "uniform":
             model.set_precision(self.bits)
         else:
+            model.set_precision(self.outer_bits)
             model.set_layer_precision([dict(layer) for layer in self.layer_config])
+
+    @property
+    def outer_bits(self) -> int | None:
+        """Width of the quantized modules outside the blocks (see :meth:`apply`)."""
+        if self.kind == "uniform":
+            return self.bits
+        widths = [bits for layer in self.layer_config for bits in layer.values()]
+        return None if None in widths else max(widths)
 
     def layer_config_json(self, n_layer: int) -> str:
         """The per-block widths as JSON (uniform configurations expanded; null = full precision)."""

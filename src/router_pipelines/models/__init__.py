@@ -1,10 +1,10 @@
 """Plain-PyTorch models: quantizers and precision-switchable LMs (never imports Kedro)."""
 
+from router_pipelines.models.quant_modules import QuantEmbedding, QuantLinear
 from router_pipelines.models.quantization import (
     LsqQuantizer,
     MultiWidthQuantizer,
     NestedQuantizer,
-    QuantLinear,
     quant_range,
 )
 from router_pipelines.models.switchable import (
@@ -17,6 +17,7 @@ __all__ = [
     "LsqQuantizer",
     "MultiWidthQuantizer",
     "NestedQuantizer",
+    "QuantEmbedding",
     "QuantLinear",
     "SwitchableConfig",
     "SwitchableLM",

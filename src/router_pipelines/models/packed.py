@@ -21,6 +21,10 @@ with fp32 x they fall back to a slow path (measured at 384x1024: 10-20x slower t
 one row, 40-120x for 512 rows). Each module therefore takes ``compute_dtype``: x is cast to it for
 the kernel and the output cast back to the dtype of x (``None``: run in the dtype of x).
 
+Quantized embeddings (``QuantEmbedding``) become :class:`PackedEmbedding`: int8 codes and
+one scale per row, dequantized after the look-up (a gather needs no kernel). Codes are stored
+one per byte at every width, so a 4-bit table takes 8 bits per code here.
+
 Difference from the simulated model: the packed modules are **weight-only**. Activation
 fake-quantization (``act_bits``) is dropped, so packed speed runs and fake-quantized accuracy
 runs differ in the activations. Accuracy is always measured on the fake-quantized model.
@@ -36,6 +40,8 @@ import copy
 
 import torch
 from torch import nn
+
+from router_pipelines.models.quant_modules import QuantEmbedding
 
 INT4_GROUP_SIZES = (256, 128, 64, 32)  # largest first: fewer groups, less scale traffic
 PACKED_WIDTHS = (8, 4)
@@ -184,14 +190,53 @@ class PackedInt4Linear(_PackedLinear):
         )
 
 
+class PackedEmbedding(nn.Module):
+    """An embedding stored as int8 codes ``(num, dim)`` and a float32 scale per row.
+
+    ``forward`` gathers the rows' codes and scales and returns ``codes * scale`` in ``dtype``,
+    exactly the fake-quantized ``QuantEmbedding`` output at the width the codes came from.
+    """
+
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor,
+        padding_idx: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        _check_codes(codes, scale, None, low=-128, high=127)
+        self.num_embeddings, self.embedding_dim = codes.shape
+        self.padding_idx = padding_idx
+        self.dtype = dtype
+        self.register_buffer("codes", codes.contiguous())
+        self.register_buffer("scale", scale.to(torch.float32).contiguous())
+
+    @classmethod
+    def from_quant_embedding(cls, embedding: nn.Module, bits: int) -> PackedEmbedding:
+        """Pack ``embedding``'s (a ``QuantEmbedding``) ``bits``-bit codes."""
+        codes, scale = weight_codes(embedding, bits)
+        return cls(codes, scale, embedding.padding_idx, embedding.weight.dtype)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids (...) -> (..., embedding_dim)`` in ``dtype``."""
+        rows = self.codes[input_ids].float() * self.scale[input_ids][..., None]
+        return rows.to(self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 codes"
+
+
 def pack_switchable_model(
     model: nn.Module, bits: int, compute_dtype: torch.dtype | None = None
 ) -> nn.Module:
-    """A copy of ``model`` at uniform ``bits`` with every QuantLinear replaced by a packed one.
+    """A copy of ``model`` at uniform ``bits`` with every QuantLinear replaced by a packed one
+    and every QuantEmbedding by a :class:`PackedEmbedding`.
 
     The copy is set to ``set_precision(bits)`` first; ``model`` itself is not changed.
     Weight-only: activation fake-quantization is dropped (module docstring). The rest of the
-    model (embeddings, norms, attention, LM head) stays as it was, in its own dtype.
+    model (norms, attention, unquantized embeddings and LM head) stays as it was, in its own
+    dtype.
 
     Args:
         model: a ``SwitchableLM`` (``set_precision``, ``quant_linears``).
@@ -223,10 +268,14 @@ def pack_switchable_model(
     packed_model = copy.deepcopy(model)
     packed_model.set_precision(bits)
     names = {id(module): name for name, module in packed_model.named_modules()}
-    for layer in list(packed_model.quant_linears().values()):
+    for layer in packed_model.quant_modules().values():
         parent_name, _, attr = names[id(layer)].rpartition(".")
         parent = packed_model.get_submodule(parent_name)
-        setattr(parent, attr, packed_cls.from_quant_linear(layer, compute_dtype))
+        if isinstance(layer, QuantEmbedding):
+            packed = PackedEmbedding.from_quant_embedding(layer, bits)
+        else:
+            packed = packed_cls.from_quant_linear(layer, compute_dtype)
+        setattr(parent, attr, packed)
     return packed_model
 
 

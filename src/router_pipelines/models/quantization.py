@@ -1,5 +1,5 @@
-"""Learnable symmetric fake-quantizers with their own parameters per bit width, and
-:class:`QuantLinear`, the linear layer that uses them.
+"""Learnable symmetric fake-quantizers with their own parameters per bit width (the layers
+that use them, ``QuantLinear`` and ``QuantEmbedding``, are in ``quant_modules``).
 
 Conventions shared by every quantizer here:
 
@@ -33,7 +33,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
 MIN_BITS, MAX_BITS = 2, 8
 STEP_INITS = ("mse", "lsq", "max")
@@ -230,6 +229,22 @@ class LsqQuantizer(_DataInitialized):
         """Fake-quantize ``x`` (same shape and dtype; computed in float32)."""
         return lsq_fake_quant(x.float(), self._step_for(x), self.qn, self.qp).to(x.dtype)
 
+    def quantize_rows(
+        self, weight: torch.Tensor, ids: torch.Tensor, padding_idx: int | None = None
+    ) -> torch.Tensor:
+        """``forward(weight)[ids]`` without quantizing the rows nobody looked up.
+
+        The embedding look-up of a quantized table: the gathered rows and their per-row steps
+        are quantized, with the step gradient scaled as for the whole table (same
+        ``g``), so values and gradients equal those of quantize-then-gather.
+        ``padding_idx``'s row gets no gradient, as in ``nn.Embedding``.
+        """
+        step = self._step_for(weight)  # (rows, 1) per channel, else (1,)
+        rows = F.embedding(ids, weight, padding_idx)  # (*ids, dim)
+        if step.dim() == 2:
+            step = F.embedding(ids, step, padding_idx)  # (*ids, 1)
+        return lsq_fake_quant(rows.float(), step, self.qn, self.qp).to(weight.dtype)
+
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Integer codes (int8, shape of ``x``) and the step (float32, ``(channels,)``)."""
@@ -271,6 +286,18 @@ class MultiWidthQuantizer(nn.Module):
     def forward(self, x: torch.Tensor, bits: int | None) -> torch.Tensor:
         """Fake-quantize ``x`` at ``bits`` (``None``: return ``x`` unchanged)."""
         return x if bits is None else self._quantizer(bits)(x)
+
+    def quantize_rows(
+        self,
+        weight: torch.Tensor,
+        ids: torch.Tensor,
+        bits: int | None,
+        padding_idx: int | None = None,
+    ) -> torch.Tensor:
+        """``forward(weight, bits)[ids]``, quantizing only the looked-up rows."""
+        if bits is None:
+            return F.embedding(ids, weight, padding_idx)
+        return self._quantizer(bits).quantize_rows(weight, ids, padding_idx)
 
     def is_initialized(self, bits: int) -> bool:
         """Whether the step for ``bits`` has been set from data (or loaded)."""
@@ -326,130 +353,53 @@ class NestedQuantizer(_DataInitialized):
         self.step.copy_(_mean_across_ranks(step.to(self.step.device)))
         self._mark_initialized()
 
-    def _integer_grid(self, weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(q_b * k as float (out, in), grad-scaled step (out, 1))``; differentiable."""
+    def _scaled_step(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
+        """The shared step, grad-scaled for width ``bits``, shape ``(out, 1)``."""
         if bits not in self._bit_widths:
             raise ValueError(f"bits: {bits!r} is not one of this quantizer's {self._bit_widths}")
         if not self._is_initialized():
             self.initialize(weight)
+        _, qp = quant_range(bits)
+        g = 1.0 / math.sqrt(weight[0].numel() * qp)
+        return grad_scale(self.step.clamp_min(_MIN_STEP), g)[:, None]
+
+    def _integer_grid(self, values: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
+        """``q_b * k`` as float, shape of ``values`` (``step`` broadcasts); differentiable."""
         qn8, qp8 = quant_range(self.base_bits)
         qn, qp = quant_range(bits)
-        g = 1.0 / math.sqrt(weight[0].numel() * qp)
-        step = grad_scale(self.step.clamp_min(_MIN_STEP), g)[:, None]
-        q8 = round_ste(torch.clamp(weight.float() / step, qn8, qp8))
+        q8 = round_ste(torch.clamp(values.float() / step, qn8, qp8))
         k = 2 ** (self.base_bits - bits)
-        return round_ste(torch.clamp(q8 / k, qn, qp)) * k, step
+        return round_ste(torch.clamp(q8 / k, qn, qp)) * k
 
     def forward(self, weight: torch.Tensor, bits: int | None) -> torch.Tensor:
         """Fake-quantize ``weight`` ``(out, in)`` at ``bits`` (``None``: unchanged)."""
         if bits is None:
             return weight
-        grid, step = self._integer_grid(weight, bits)
-        return (grid * step).to(weight.dtype)
+        step = self._scaled_step(weight, bits)
+        return (self._integer_grid(weight, step, bits) * step).to(weight.dtype)
+
+    def quantize_rows(
+        self,
+        weight: torch.Tensor,
+        ids: torch.Tensor,
+        bits: int | None,
+        padding_idx: int | None = None,
+    ) -> torch.Tensor:
+        """``forward(weight, bits)[ids]``, quantizing only the looked-up rows (see
+        :meth:`LsqQuantizer.quantize_rows`)."""
+        if bits is None:
+            return F.embedding(ids, weight, padding_idx)
+        step = F.embedding(ids, self._scaled_step(weight, bits), padding_idx)  # (*ids, 1)
+        rows = F.embedding(ids, weight, padding_idx)
+        return (self._integer_grid(rows, step, bits) * step).to(weight.dtype)
 
     @torch.no_grad()
     def weight_codes(self, weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(codes int8 (out, in) in Qn_b..Qp_b, scale = s * 2^(8-b) float32 (out,))``."""
-        grid, step = self._integer_grid(weight, bits)
+        step = self._scaled_step(weight, bits)
+        grid = self._integer_grid(weight, step, bits)
         k = 2 ** (self.base_bits - bits)
         return (grid / k).to(torch.int8), (step[:, 0] * k).float()
 
     def extra_repr(self) -> str:
         return f"bit_widths={self._bit_widths}, channels={self.step.numel()}"
-
-
-class QuantLinear(nn.Module):
-    """A linear layer whose weights and inputs are fake-quantized at a switchable width.
-
-    ``y = x_q @ W_q.T + b`` with ``W`` stored ``(out, in)``; ``weight_bits`` / ``act_bits``
-    (``None`` = full precision, the default) pick the quantizer used in ``forward``.
-
-    Args:
-        weight: ``(out, in)`` parameter (reused, not copied: ties to it survive).
-        bias: ``(out,)`` parameter or ``None``.
-        weight_quantizer: :class:`MultiWidthQuantizer` (per channel) or :class:`NestedQuantizer`.
-        act_quantizer: per-tensor :class:`MultiWidthQuantizer` for the input.
-    """
-
-    def __init__(
-        self,
-        weight: nn.Parameter,
-        bias: nn.Parameter | None,
-        weight_quantizer: MultiWidthQuantizer | NestedQuantizer,
-        act_quantizer: MultiWidthQuantizer,
-    ) -> None:
-        super().__init__()
-        self.weight = weight
-        self.bias = bias
-        self.weight_quantizer = weight_quantizer
-        self.act_quantizer = act_quantizer
-        self.weight_bits: int | None = None
-        self.act_bits: int | None = None
-
-    @classmethod
-    def from_module(
-        cls,
-        module: nn.Linear | Conv1D,
-        weight_quantizer: MultiWidthQuantizer | NestedQuantizer,
-        act_quantizer: MultiWidthQuantizer,
-    ) -> QuantLinear:
-        """Build from ``nn.Linear`` (weight reused) or ``Conv1D`` (weight ``(in, out)`` transposed)."""
-        if isinstance(module, Conv1D):
-            weight = nn.Parameter(module.weight.detach().t().contiguous())
-        elif isinstance(module, nn.Linear):
-            weight = module.weight
-        else:
-            raise TypeError(f"module: expected nn.Linear or Conv1D, got {type(module).__name__}")
-        quantizer_device = weight.device
-        return cls(
-            weight,
-            module.bias,
-            weight_quantizer.to(quantizer_device),
-            act_quantizer.to(quantizer_device),
-        )
-
-    @property
-    def in_features(self) -> int:
-        return self.weight.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0]
-
-    def set_bits(self, weight_bits: int | None, act_bits: int | None) -> None:
-        """Select the widths used by ``forward`` (``None`` = full precision)."""
-        for key, bits, quantizer in (
-            ("weight_bits", weight_bits, self.weight_quantizer),
-            ("act_bits", act_bits, self.act_quantizer),
-        ):
-            if bits is not None and bits not in quantizer.bit_widths:
-                raise ValueError(f"{key}: {bits!r} is not one of {quantizer.bit_widths}")
-        self.weight_bits, self.act_bits = weight_bits, act_bits
-
-    def is_initialized(self) -> bool:
-        """Whether the quantizers of the current widths have their steps set."""
-        return (
-            self.weight_bits is None or self.weight_quantizer.is_initialized(self.weight_bits)
-        ) and (self.act_bits is None or self.act_quantizer.is_initialized(self.act_bits))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(..., in)`` -> ``(..., out)``."""
-        x = self.act_quantizer(x, self.act_bits)
-        weight = self.weight_quantizer(self.weight, self.weight_bits)
-        return F.linear(x, weight, self.bias)
-
-    def weight_codes(self, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Integer weights at ``bits`` for packed kernels.
-
-        Returns:
-            ``codes`` int8 ``(out, in)`` and ``scale`` float32 ``(out,)`` such that
-            ``codes.float() * scale[:, None]`` is the fake-quantized weight at ``bits``.
-        """
-        return self.weight_quantizer.weight_codes(self.weight, bits)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, weight_bits={self.weight_bits}, "
-            f"act_bits={self.act_bits}"
-        )

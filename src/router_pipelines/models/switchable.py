@@ -2,10 +2,11 @@
 
 ``make_switchable`` replaces, in place, every ``nn.Linear`` and GPT-2 ``Conv1D`` of a
 transformers causal LM (except the LM head, unless asked) by a :class:`QuantLinear` holding
-the same weights and one quantizer per bit width. :class:`SwitchableLM` wraps the swapped
-model and sets the precision of all layers at once (``set_precision``) or per block
-(``set_layer_precision``); ``forward`` is the HF model's, so losses and ``generate`` work
-unchanged. At full precision the model computes exactly what the base model computed.
+the same weights and one quantizer per bit width, and, if asked, every ``nn.Embedding`` by a
+:class:`QuantEmbedding`. :class:`SwitchableLM` wraps the swapped model and sets the precision
+of all layers at once (``set_precision``) or per block (``set_layer_precision``); ``forward``
+is the HF model's, so losses and ``generate`` work unchanged. At full precision the model
+computes exactly what the base model computed.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.pytorch_utils import Conv1D
 
 from router_pipelines.config import check_choice, config_from_dict
+from router_pipelines.models.quant_modules import QuantEmbedding, QuantLinear
 from router_pipelines.models.quantization import (
     STEP_INITS,
     MultiWidthQuantizer,
     NestedQuantizer,
-    QuantLinear,
     check_bit_width,
     check_precision,
 )
 
-__all__ = ["QuantLinear", "SwitchableConfig", "SwitchableLM", "make_switchable"]
+__all__ = ["QuantEmbedding", "QuantLinear", "SwitchableConfig", "SwitchableLM", "make_switchable"]
 
 SWITCHABLE_CONFIG_NAME = "switchable_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -60,7 +61,7 @@ class SwitchableConfig:
     per_channel: bool = True  # one weight step per output channel, else one per layer
     step_init: str = "mse"  # step-size init from data: "mse", "lsq" or "max"
     quantize_lm_head: bool = False  # also swap the LM head (tied weights stay tied)
-    quantize_embeddings: bool = False  # not supported: must stay False
+    quantize_embeddings: bool = False  # also quantize every nn.Embedding table, per row
 
     def __post_init__(self) -> None:
         if not isinstance(self.bit_widths, list | tuple) or not self.bit_widths:
@@ -84,12 +85,6 @@ class SwitchableConfig:
                 raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
         if self.nested and not self.per_channel:
             raise ValueError("per_channel: nested codes need per-channel steps; set it to true")
-        if self.quantize_embeddings:
-            # Embeddings are table look-ups, not matmuls, and GPT-2 ties them to the LM head;
-            # quantizing them would save memory only and is not implemented.
-            raise ValueError(
-                "quantize_embeddings: True is not supported; embeddings stay full precision"
-            )
 
     @property
     def act_bit_widths(self) -> list[int]:
@@ -106,48 +101,102 @@ class SwitchableConfig:
 
 
 def make_switchable(model: nn.Module, config: SwitchableConfig) -> list[str]:
-    """Swap, in place, the ``nn.Linear`` / ``Conv1D`` layers of ``model`` for QuantLinears.
+    """Swap, in place, the layers of ``model`` for quantized ones (new layers start at FP).
 
-    The LM head (``model.get_output_embeddings()``) is skipped unless
-    ``config.quantize_lm_head``; embeddings are never touched, so tied weights stay tied.
-    New layers start at full precision.
+    Every ``nn.Linear`` / ``Conv1D`` becomes a :class:`QuantLinear`, except the LM head
+    (``model.get_output_embeddings()``) unless ``config.quantize_lm_head``. With
+    ``config.quantize_embeddings`` every ``nn.Embedding`` (token and learned position
+    embeddings) becomes a :class:`QuantEmbedding` with one step per row.
+
+    Tied weights stay tied. When the token embedding and the LM head share one matrix
+    (``tie_word_embeddings``, e.g. GPT-2) they also share one weight quantizer, so a single
+    table of codes and scales serves both, and the two flags must then agree: quantizing one
+    of them alone would need a full-precision and a quantized copy of the same matrix.
 
     Returns:
         The qualified names of the swapped modules, in module order.
 
     Raises:
-        ValueError: if ``model`` has no layer to swap (e.g. it is already switchable).
+        ValueError: if ``model`` has no layer to swap (e.g. it is already switchable), or the
+            flags disagree on a tied embedding / LM head. Nothing is swapped then.
     """
-    if not isinstance(config, SwitchableConfig):
-        raise TypeError(f"config: expected SwitchableConfig, got {type(config).__name__}")
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
+    check_tied_flags(model, config)
+    head = _call_if_present(model, "get_output_embeddings")
     targets = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear | Conv1D)
-        and (config.quantize_lm_head or module is not head)
+        if (
+            isinstance(module, nn.Linear | Conv1D)
+            and (config.quantize_lm_head or module is not head)
+        )
+        or (isinstance(module, nn.Embedding) and config.quantize_embeddings)
     ]
-    if not targets:
+    if not any(isinstance(module, nn.Linear | Conv1D) for _, module in targets):
         raise ValueError(
             f"model: {type(model).__name__} has no nn.Linear or Conv1D layer to swap "
             "(is it already switchable?)"
         )
+    quantizers_by_weight: dict[int, nn.Module] = {}  # id(weight) -> its weight quantizer
+    swaps = []  # every new module is built before the first one goes in: all or nothing
     for name, module in targets:
-        out_features = module.nf if isinstance(module, Conv1D) else module.out_features
-        if config.nested:
-            weight_quantizer = NestedQuantizer(config.bit_widths, out_features)
+        channels = module.nf if isinstance(module, Conv1D) else module.weight.shape[0]
+        weight_quantizer = quantizers_by_weight.get(id(module.weight))
+        if weight_quantizer is None:
+            weight_quantizer = _weight_quantizer(config, channels)
+            quantizers_by_weight[id(module.weight)] = weight_quantizer
+        if isinstance(module, nn.Embedding):
+            swapped = QuantEmbedding.from_module(module, weight_quantizer)
         else:
-            weight_quantizer = MultiWidthQuantizer(
-                config.bit_widths, config.per_channel, out_features, config.step_init
+            act_quantizer = MultiWidthQuantizer(
+                config.act_bit_widths, per_channel=False, init=config.step_init
             )
-        act_quantizer = MultiWidthQuantizer(
-            config.act_bit_widths, per_channel=False, init=config.step_init
-        )
+            swapped = QuantLinear.from_module(module, weight_quantizer, act_quantizer)
+        swaps.append((name, swapped))
+    for name, swapped in swaps:
         parent_name, _, child_name = name.rpartition(".")
-        swapped = QuantLinear.from_module(module, weight_quantizer, act_quantizer)
         setattr(model.get_submodule(parent_name), child_name, swapped)
     return [name for name, _ in targets]
+
+
+def check_tied_flags(model: nn.Module, config: SwitchableConfig) -> None:
+    """Raise if ``model`` ties its token embedding to its LM head and ``config`` quantizes
+    only one of them (works on a ``meta``-device model, so it costs nothing to call early).
+
+    Raises:
+        TypeError: ``config`` is not a :class:`SwitchableConfig`.
+        ValueError: naming both flags and what to set.
+    """
+    if not isinstance(config, SwitchableConfig):
+        raise TypeError(f"config: expected SwitchableConfig, got {type(config).__name__}")
+    head = _call_if_present(model, "get_output_embeddings")
+    embedding = _call_if_present(model, "get_input_embeddings")
+    tied = (
+        isinstance(head, nn.Linear)
+        and isinstance(embedding, nn.Embedding)
+        and head.weight is embedding.weight
+    )
+    if tied and config.quantize_lm_head != config.quantize_embeddings:
+        raise ValueError(
+            f"quantize_lm_head ({config.quantize_lm_head}) and quantize_embeddings "
+            f"({config.quantize_embeddings}): {type(model).__name__} ties its token embedding to "
+            "its LM head (tie_word_embeddings), one matrix for both; set both flags to true "
+            "(one quantized table serves both) or both to false"
+        )
+
+
+def _weight_quantizer(config: SwitchableConfig, channels: int) -> nn.Module:
+    """A fresh per-row (per output channel) weight quantizer for ``config``'s widths."""
+    if config.nested:
+        return NestedQuantizer(config.bit_widths, channels)
+    return MultiWidthQuantizer(config.bit_widths, config.per_channel, channels, config.step_init)
+
+
+def _call_if_present(model: nn.Module, method: str) -> nn.Module | None:
+    getter = getattr(model, method, None)
+    try:
+        return getter() if callable(getter) else None
+    except NotImplementedError:  # PreTrainedModel without that embedding
+        return None
 
 
 class SwitchableLM(nn.Module):
@@ -232,23 +281,37 @@ class SwitchableLM(nn.Module):
         """Qualified name (inside the HF model) -> QuantLinear."""
         return {n: m for n, m in self.model.named_modules() if isinstance(m, QuantLinear)}
 
+    def quant_embeddings(self) -> dict[str, QuantEmbedding]:
+        """Qualified name -> QuantEmbedding (empty unless ``quantize_embeddings``)."""
+        return {n: m for n, m in self.model.named_modules() if isinstance(m, QuantEmbedding)}
+
+    def quant_modules(self) -> dict[str, QuantLinear | QuantEmbedding]:
+        """Every quantized module, linears and embeddings, in module order."""
+        return {
+            n: m
+            for n, m in self.model.named_modules()
+            if isinstance(m, QuantLinear | QuantEmbedding)
+        }
+
     def precision_map(self) -> dict[str, tuple[int | None, int | None]]:
-        """Qualified name -> ``(weight_bits, act_bits)`` of every QuantLinear."""
-        return {n: (m.weight_bits, m.act_bits) for n, m in self.quant_linears().items()}
+        """Qualified name -> ``(weight_bits, act_bits)`` of every quantized module
+        (embeddings have no activation quantizer: their ``act_bits`` is always ``None``)."""
+        return {n: (m.weight_bits, m.act_bits) for n, m in self.quant_modules().items()}
 
     def set_precision(self, bits: int | str | None, act_bits: Any = _FOLLOW_POLICY) -> None:
-        """Put every QuantLinear at weight width ``bits`` (``None`` or ``"fp"``: full precision).
+        """Put every quantized module at weight width ``bits`` (``None`` or ``"fp"``: full
+        precision).
 
         ``act_bits`` defaults to the config's policy for ``bits`` (full precision when
-        ``bits`` is); pass an int or ``None`` to override.
+        ``bits`` is); pass an int or ``None`` to override. It applies to the QuantLinears.
 
         Raises:
             ValueError: naming a width the model was not built with, and the allowed ones.
         """
         weight_bits = self._check_weight_bits("bits", bits)
         act = self._check_act_bits("act_bits", weight_bits, act_bits)
-        for module in self.quant_linears().values():
-            module.set_bits(weight_bits, act)
+        for module in self.quant_modules().values():
+            module.set_bits(weight_bits, act if isinstance(module, QuantLinear) else None)
 
     @torch.no_grad()
     def initialize_quantizers(
@@ -278,10 +341,10 @@ class SwitchableLM(nn.Module):
             if bits is None:
                 continue
             self.set_precision(bits)
-            if not all(m.is_initialized() for m in self.quant_linears().values()):
+            if not all(m.is_initialized() for m in self.quant_modules().values()):
                 self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
                 ran.append(bits)
-        for name, module in self.quant_linears().items():
+        for name, module in self.quant_modules().items():
             module.set_bits(*saved[name])
         for module, training in modes:
             module.training = training
@@ -290,9 +353,10 @@ class SwitchableLM(nn.Module):
     def set_layer_precision(self, layer_config: Sequence[Mapping[str, Any]]) -> None:
         """Per-block widths: ``[{"attn_bits": 8, "mlp_bits": 4}, ...]``, one dict per block.
 
-        Activation bits follow the config's policy for each weight width. QuantLinears
-        outside the blocks (a quantized LM head) keep their current precision. The whole
-        list is checked before any layer changes.
+        Activation bits follow the config's policy for each weight width. Quantized modules
+        outside the blocks (a quantized LM head, quantized embeddings) keep their current
+        precision: call ``set_precision`` first to choose it. The whole list is checked
+        before any layer changes.
 
         Raises:
             ValueError: wrong number of dicts, unknown or missing keys, or a bad width.

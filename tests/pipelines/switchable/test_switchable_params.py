@@ -89,3 +89,14 @@ def test_evaluation_widths_the_model_lacks_fail_before_training():
 def test_narrower_bit_widths_work_with_the_default_evaluation():
     parsed = parse_switchable_params(with_change("model", "bit_widths", [2, 4]))
     assert parsed.switching.bit_widths == [2, 4]
+
+
+def test_lr_multipliers_are_checked_and_refused_under_joint():
+    params = with_change("training", "lr_multipliers", {2: 2.0})
+    with pytest.raises(ValueError, match=r"lr_multipliers: \{2: 2.0\} has no effect under .*joint"):
+        parse_switchable_params(params)
+    params["training"]["switch_strategy"] = "cyclic"
+    assert parse_switchable_params(params).family.lr_multipliers == {2: 2.0}
+    params["training"]["lr_multipliers"] = {3: 2.0}
+    with pytest.raises(ValueError, match=r"switchable\.training\.lr_multipliers: width 3"):
+        parse_switchable_params(params)

@@ -18,6 +18,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from router_pipelines.models.bundle import ModelBundle
 from router_pipelines.models.switchable import SwitchableLM
 from router_pipelines.pipelines.switchable import create_pipeline
+from router_pipelines.pipelines.switchable.nodes import provide_base_model
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 SEQ_LEN, VOCAB = 16, 64
@@ -144,3 +145,36 @@ def test_bad_parameters_stop_the_slice_before_training(tmp_path, base_model):
         _run(params, base_model)
     assert not (tmp_path / "ckpt").exists(), "nothing was trained or written"
     del error
+
+
+def test_quantized_embeddings_and_head_train_and_are_evaluated(tmp_path, base_model):
+    params = _switchable_params(tmp_path)
+    params["model"].update(quantize_lm_head=True, quantize_embeddings=True)
+    results = _run(params, base_model)
+    model = results["switchable_model"].model
+    assert set(model.quant_embeddings()) == {"transformer.wte", "transformer.wpe"}
+    assert model.model.lm_head.weight_quantizer is model.model.transformer.wte.weight_quantizer
+    table = results["bit_configuration_results"].set_index("name")
+    # everything but the norms and biases is quantized: the whole model is near 2 bits
+    assert table.loc["uniform_2bit", "model_bits_per_param"] < 3
+    assert table.loc["uniform_8bit", "speed_kind"] == "packed_int8"
+    assert np.isfinite(table["perplexity"]).all()
+
+
+def test_tied_head_without_embeddings_stops_before_training(tmp_path, base_model):
+    params = _switchable_params(tmp_path)
+    params["model"]["quantize_lm_head"] = True
+    with pytest.raises(Exception, match=r"quantize_lm_head \(True\) and quantize_embeddings"):
+        _run(params, base_model)
+    assert not (tmp_path / "ckpt").exists(), "nothing was trained or written"
+
+
+def test_tied_preset_mismatch_stops_before_the_base_model_trains(base_model):
+    pretrain = yaml.safe_load((CONF / "base/parameters_pretrain.yml").read_text())["pretrain"]
+    switchable = yaml.safe_load((CONF / "base/parameters_switchable.yml").read_text())
+    switchable = switchable["switchable"]
+    switchable["base"]["source"] = "train"
+    switchable["model"]["quantize_embeddings"] = True
+    empty = pd.DataFrame({"input_ids": [], "labels": [], "attention_mask": []})
+    with pytest.raises(ValueError, match=r"switchable\.model: quantize_lm_head \(False\)"):
+        provide_base_model(empty, empty, base_model.tokenizer, None, pretrain, switchable)

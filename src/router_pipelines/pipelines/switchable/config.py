@@ -13,7 +13,7 @@ from typing import Any
 
 from router_pipelines.config import check_choice, config_from_dict
 from router_pipelines.evaluation.configs import EvalConfig, check_widths
-from router_pipelines.families.switchable import DistillConfig, SwitchingConfig
+from router_pipelines.families.switchable import DistillConfig, SwitchingConfig, lr_multiplier_fn
 from router_pipelines.models.switchable import SwitchableConfig
 from router_pipelines.training import TrainingConfig
 
@@ -42,7 +42,8 @@ class BaseSourceConfig:
 class SwitchableModelConfig:
     bit_widths: list[Any] = field(default_factory=lambda: [2, 4, 8])  # weight widths, 2..8
     n_layer: int | None = None  # keep the first n_layer blocks of the base (null: all)
-    quantize_lm_head: bool = False  # embeddings always stay full precision
+    quantize_lm_head: bool = False  # also quantize the LM head
+    quantize_embeddings: bool = False  # also quantize the embedding tables (per row)
 
     def __post_init__(self) -> None:
         if self.n_layer is not None and (
@@ -104,6 +105,7 @@ class SwitchableParams:
             per_channel=self.quantization.per_channel,
             step_init=self.quantization.step_init,
             quantize_lm_head=self.model.quantize_lm_head,
+            quantize_embeddings=self.model.quantize_embeddings,
         )
 
     @property
@@ -180,6 +182,17 @@ def parse_switchable_params(params: dict[str, Any]) -> SwitchableParams:
     )
     allowed_eval = ["lowest", "highest", "fp", *parsed.model.bit_widths]
     check_choice("switchable.training.eval_bits", parsed.family.eval_bits, allowed_eval)
+    _named(
+        "switchable.training",
+        lambda: lr_multiplier_fn(parsed.switching, parsed.family.lr_multipliers),
+    )
+    if parsed.family.switch_strategy == "joint" and parsed.family.lr_multipliers:
+        raise ValueError(
+            f"switchable.training.lr_multipliers: {parsed.family.lr_multipliers} has no effect "
+            "under switch_strategy joint, where every width shares each optimizer step; set it "
+            "to {} or use a strategy that trains one width per step (cyclic, random, scheduled, "
+            "progressive)"
+        )
     return parsed
 
 

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
+import torch
 
 from router_pipelines.config import config_from_dict
 from router_pipelines.data.torch_dataset import TokenBlockDataset
@@ -19,7 +20,7 @@ from router_pipelines.families.switchable import (
 )
 from router_pipelines.hooks import is_main_process
 from router_pipelines.models.bundle import ModelBundle
-from router_pipelines.models.switchable import SwitchableLM
+from router_pipelines.models.switchable import SwitchableLM, check_tied_flags
 from router_pipelines.pipelines.pretrain.nodes import PretrainConfig, train_base_model
 from router_pipelines.pipelines.switchable.config import SwitchableParams, parse_switchable_params
 from router_pipelines.tracking import (
@@ -76,12 +77,30 @@ def provide_base_model(
         return ModelBundle(
             model, tokenizer, {"family": "causal_lm", "model_config": asdict(pretrain.model)}
         )
+    if not pretrain.model.name_or_path:  # a preset: its layout is known before training it
+        _check_preset_fits(pretrain, tokenizer, params)
     bundle, summary, _, _ = train_base_model(
         train_tokens, validation_tokens, tokenizer, pretrain_params
     )
     if pretrain.register.enabled and is_main_process():  # the main process holds the MLflow run
         register_bundle(bundle, pretrain.register.name, tags=summary)
     return bundle
+
+
+def _check_preset_fits(pretrain: PretrainConfig, tokenizer: Any, params: SwitchableParams) -> None:
+    """Fail before the base model trains if the switchable flags do not fit its layout (a
+    tied LM head and embedding), checked on a weightless ``meta``-device copy."""
+    from transformers import AutoModelForCausalLM
+
+    from router_pipelines.models.presets import transformers_config
+
+    hf_config = transformers_config(pretrain.model, len(tokenizer), {})
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    try:
+        check_tied_flags(model, params.switchable)
+    except ValueError as err:
+        raise ValueError(f"switchable.model: {err}") from None
 
 
 def _incompatibility(bundle: ModelBundle, tokenizer: Any, pretrain: PretrainConfig) -> str | None:
