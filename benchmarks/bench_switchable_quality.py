@@ -8,7 +8,7 @@ On the embedded default corpus (``data/01_raw/python_docs.jsonl`` through the da
    newest saved one has the same tokenizer and preset (``--base auto``); it is the teacher;
 2. from that base, with the ``switchable`` pipeline's own node ``train_switchable`` and the
    defaults of ``conf/base/parameters_switchable.yml`` (CE + KD from the teacher, T = 2,
-   lr 2e-4 cosine, act_bits 8), each for ``--steps`` optimizer steps on the same batches:
+   lr 5e-5 cosine, act_bits 8), each for ``--steps`` optimizer steps on the same batches:
    - ``joint``: one model, every width every step (plus inter-width KD);
    - ``cyclic``: one model, one width per step, switching every ``--switch-interval`` steps;
    - ``separate_<b>bit``: ``bit_widths=[b]`` for each ``b``: the single-width baselines;
@@ -24,6 +24,9 @@ run), cyclic gives each width about a third of the steps.
     .venv/bin/python benchmarks/bench_switchable_quality.py                    # <= ~25 min, 2 cores
     .venv/bin/python benchmarks/bench_switchable_quality.py --base-steps 120 --steps 40
     .venv/bin/python benchmarks/bench_switchable_quality.py --quick           # < 30 s smoke
+    # another recipe, kept beside the default's result as switchable_quality_kd_only.json:
+    .venv/bin/python benchmarks/bench_switchable_quality.py --variant kd-only --ce-weight 0 \
+        --learning-rate 2e-4
 """
 
 from __future__ import annotations
@@ -240,10 +243,12 @@ def run(args: argparse.Namespace) -> None:
             del model
 
     targets = add_ratios(rows, args)
+    name = f"{NAME}_{args.variant.replace('-', '_')}" if args.variant else NAME
     notes = [
         f"Base model (teacher): {base_source}.",
-        f"Every QAT run: train_switchable with conf/base/parameters_switchable.yml defaults, "
-        f"{args.steps} optimizer steps of batch {args.batch_size}, same seed and data order. "
+        f"Every QAT run: train_switchable with conf/base/parameters_switchable.yml defaults "
+        f"({_loss_setting(args)}), {args.steps} optimizer steps of batch {args.batch_size}, same "
+        "seed and data order. "
         "joint trains every width each step (~len(bit_widths)x the compute); cyclic trains one "
         f"width per step, switching every {args.switch_interval} steps (steps_at_this_width).",
         "separate_<b>bit = SwitchableLM(bit_widths=[b]) trained with the same loss (CE + KD "
@@ -254,9 +259,10 @@ def run(args: argparse.Namespace) -> None:
         f"Timings (s): {timings}.",
     ]
     common.write_result(
-        common.result_path(NAME, args),
-        name=NAME,
-        title="Switchable vs separately trained single-width models: validation perplexity",
+        common.result_path(name, args),
+        name=name,
+        title="Switchable vs separately trained single-width models: validation perplexity"
+        + (f" ({args.variant})" if args.variant else ""),
         machine=machine,
         config={
             key: getattr(args, key)
@@ -326,6 +332,20 @@ def _shorten(frame: Any, rows: int, seq_len: int = 32) -> Any:
     return frame.head(rows).map(lambda cell: list(cell)[:seq_len])
 
 
+def _loss_setting(args: argparse.Namespace) -> str:
+    """The QAT learning rate and loss weights used, and which were overridden on the CLI."""
+    training = load_params("switchable")["switchable"]["training"]
+    parts = []
+    for key in ("learning_rate", "ce_weight", "kd_weight", "temperature"):
+        value = getattr(args, key, None)
+        parts.append(
+            f"{key} {training[key]}"
+            if value is None
+            else f"{key} {value} (--{key.replace('_', '-')})"
+        )
+    return ", ".join(parts)
+
+
 def _finite(value: float) -> bool:
     return math.isfinite(value)
 
@@ -364,9 +384,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--kd-weight", type=float, default=None, help="teacher KD weight (default: the YAML's)"
     )
+    parser.add_argument(
+        "--variant",
+        default=None,
+        help="a label for a non-default recipe: result switchable_quality_<variant>.json",
+    )
     parser.add_argument("--eval-batches", type=int, default=11)
     parser.add_argument("--eval-batch-size", type=int, default=8)
     args = parser.parse_args(argv)
+    if args.variant is not None and not args.variant.replace("-", "").isalnum():
+        parser.error(f"--variant: {args.variant!r} must be letters, digits and dashes")
     if args.quick:
         args.preset, args.base, args.base_steps, args.base_batch_size = "debug", "train", 2, 2
         args.steps, args.batch_size, args.switch_interval = 2, 2, 1

@@ -14,8 +14,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from safetensors.torch import load_file
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -116,3 +118,19 @@ def test_switchable_pipeline_reuses_the_saved_base_model(default_run):
     assert len(client.search_model_versions("name='base_lm'")) == 1, "reused, not retrained"
     assert len(_versions(root / "data/06_models/debug/switchable_lm")) == 2, "never overwritten"
     assert len(client.search_model_versions("name='switchable_lm'")) == 2
+
+
+def test_switchable_pipeline_falls_back_to_the_registered_base_model(default_run):
+    root, client = default_run
+    saved = root / "data/06_models/debug/base_lm"
+    shutil.move(saved, root / "base_lm_moved_away")  # no saved base model any more
+    _run(root, "switchable")
+    assert len(client.search_model_versions("name='base_lm'")) == 1, "reused, not retrained"
+    copies = _versions(saved)
+    assert len(copies) == 1, "the registered model is saved as a catalog version"
+    registered = sorted((root / "base_lm_moved_away").iterdir())[0] / "base_lm"
+    copied_weights = load_file(copies[0] / "base_lm/model.safetensors")
+    registered_weights = load_file(registered / "model.safetensors")
+    assert copied_weights.keys() == registered_weights.keys()
+    assert all(torch.equal(copied_weights[k], registered_weights[k]) for k in copied_weights)
+    assert len(client.search_model_versions("name='switchable_lm'")) == 3

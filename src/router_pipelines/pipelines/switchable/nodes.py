@@ -66,6 +66,14 @@ def provide_base_model(
         )
     if source == "registry":
         return _from_registry(params)
+    if source == "auto":
+        registered = _registered_if_any(params)
+        problem = None if registered is None else _incompatibility(registered, tokenizer, pretrain)
+        if registered is not None and problem is None:
+            logger.info("Reusing the registered base model %s", _registry_uri(params))
+            return registered
+        if registered is not None:
+            logger.info("Registered base model not reused: it %s; training a new one", problem)
     if source == "pretrained":
         if not pretrain.model.name_or_path:
             raise ValueError(
@@ -112,19 +120,36 @@ def _incompatibility(bundle: ModelBundle, tokenizer: Any, pretrain: PretrainConf
     return None
 
 
+def _registry_uri(params: SwitchableParams) -> str:
+    name, version = params.base.registry_name, params.base.registry_version
+    return f"models:/{name}{version}" if version.startswith("@") else f"models:/{name}/{version}"
+
+
 def _from_registry(params: SwitchableParams) -> ModelBundle:
     import mlflow
 
-    version = params.base.registry_version
-    uri = (
-        f"models:/{params.base.registry_name}{version}"
-        if version.startswith("@")
-        else f"models:/{params.base.registry_name}/{version}"
-    )
+    uri = _registry_uri(params)
     logger.info("Loading the base model from the MLflow registry: %s", uri)
     bundle = mlflow.pyfunc.load_model(uri).unwrap_python_model().bundle
     bundle.source_dir = None  # a copy from the registry: save it as a new catalog version
     return bundle
+
+
+def _registered_if_any(params: SwitchableParams) -> ModelBundle | None:
+    """The registered base model, or ``None`` when the registry has no such model / version
+    (``source: auto`` then trains one). Other registry errors propagate."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = params.base.registry_name
+    try:
+        if not mlflow.MlflowClient().search_model_versions(f"name = '{name}'", max_results=1):
+            return None
+        return _from_registry(params)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise
 
 
 def train_switchable(
