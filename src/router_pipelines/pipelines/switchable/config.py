@@ -25,8 +25,8 @@ class BaseSourceConfig:
     """Where the full-precision base model (and teacher) comes from.
 
     ``auto``: the newest saved ``base_model`` if it matches the current tokenizer and
-    ``pretrain.model``, else the registered ``registry_name`` / ``registry_version`` if it
-    matches, else train one with the ``pretrain`` parameters. ``catalog``: the newest
+    ``pretrain.model``, else (in a single process) the registered ``registry_name`` /
+    ``registry_version`` if it matches, else train one with the ``pretrain`` parameters. ``catalog``: the newest
     saved one, or an error. ``registry``: MLflow ``models:/<registry_name>/<registry_version>``.
     ``pretrained``: ``pretrain.model.name_or_path`` loaded untrained. ``train``: always train.
     """

@@ -18,7 +18,7 @@ from router_pipelines.families.switchable import (
     make_switchable_loss,
     width_step_counts,
 )
-from router_pipelines.hooks import is_main_process
+from router_pipelines.hooks import is_main_process, world_size
 from router_pipelines.models.bundle import ModelBundle
 from router_pipelines.models.switchable import SwitchableLM, check_tied_flags
 from router_pipelines.pipelines.pretrain.nodes import PretrainConfig, train_base_model
@@ -66,7 +66,9 @@ def provide_base_model(
         )
     if source == "registry":
         return _from_registry(params)
-    if source == "auto":
+    # One process only: off rank 0 MLflow is not configured, and a lookup there could race
+    # rank 0 creating a fresh store or see another registry, so ranks could choose differently.
+    if source == "auto" and world_size() == 1:
         registered = _registered_if_any(params)
         problem = None if registered is None else _incompatibility(registered, tokenizer, pretrain)
         if registered is not None and problem is None:
