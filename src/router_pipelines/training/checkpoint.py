@@ -22,12 +22,14 @@ is never taken as the latest. Stale ``.tmp-*`` folders are removed by the next s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +149,8 @@ def save_checkpoint(accelerator: Accelerator, config: TrainingConfig, state: Tra
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    with _quiet_about_tied_tensors():
+        accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(tmp / CONFIG_NAME, dataclasses.asdict(config))
@@ -156,6 +159,27 @@ def save_checkpoint(accelerator: Accelerator, config: TrainingConfig, state: Tra
         _replace_dir(tmp, final)
     accelerator.wait_for_everyone()
     return final
+
+
+class _TiedTensorNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Removed shared tensor" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_about_tied_tensors() -> Iterator[None]:
+    """Drop Accelerate's "Removed shared tensor ... check ... while reloading" warning during
+    one save. safetensors stores a shared tensor once (GPT-2's tied LM head, a weight quantizer
+    shared by a tied embedding and LM head); the ties are made by the model's structure, and
+    ``load_state`` / :func:`load_model_weights` accept exactly those missing keys (resume is
+    tested bit-exact), so on every checkpoint the warning would only be noise."""
+    notice = _TiedTensorNotice()
+    accelerate_logger = logging.getLogger("accelerate.utils.other")
+    accelerate_logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        accelerate_logger.removeFilter(notice)
 
 
 def rotate_checkpoints(output_dir: str | Path, limit: int | None, keep_step: int | None) -> None:
