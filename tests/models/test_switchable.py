@@ -282,6 +282,18 @@ def test_switchable_config_other_errors():
         config_from_dict(SwitchableConfig, {"step_init": "median"}, "switchable")
 
 
+def assert_same_logits_at_every_width(model: SwitchableLM, loaded: SwitchableLM) -> None:
+    """Identical logits at FP and every width, on new data (no quantizer may re-initialise)."""
+    other_ids = torch.randint(0, 128, (2, 12))
+    with torch.no_grad():
+        for bits in (None, 2, 4, 8):
+            model.set_precision(bits)
+            loaded.set_precision(bits)
+            assert torch.equal(
+                loaded(input_ids=other_ids).logits, model(input_ids=other_ids).logits
+            )
+
+
 def test_save_and_load_round_trip_gives_identical_logits(tmp_path, input_ids):
     model = SwitchableLM.from_base(tiny_gpt2(), SwitchableConfig(nested=True, act_bits="same"))
     with torch.no_grad():
@@ -298,14 +310,7 @@ def test_save_and_load_round_trip_gives_identical_logits(tmp_path, input_ids):
     loaded = SwitchableLM.from_pretrained(tmp_path)
     assert loaded.model.lm_head.weight is loaded.model.transformer.wte.weight
     loaded.eval()
-    other_ids = torch.randint(0, 128, (2, 12))  # no quantizer may re-initialise on new data
-    with torch.no_grad():
-        for bits in (None, 2, 4, 8):
-            model.set_precision(bits)
-            loaded.set_precision(bits)
-            assert torch.equal(
-                loaded(input_ids=other_ids).logits, model(input_ids=other_ids).logits
-            )
+    assert_same_logits_at_every_width(model, loaded)
 
 
 def test_round_trip_with_quantized_tied_embeddings(tmp_path, input_ids):
@@ -317,14 +322,7 @@ def test_round_trip_with_quantized_tied_embeddings(tmp_path, input_ids):
     wte = loaded.model.transformer.wte
     assert isinstance(wte, QuantEmbedding)
     assert loaded.model.lm_head.weight_quantizer is wte.weight_quantizer
-    other_ids = torch.randint(0, 128, (2, 12))
-    with torch.no_grad():
-        for bits in (None, 2, 4, 8):
-            model.set_precision(bits)
-            loaded.set_precision(bits)
-            assert torch.equal(
-                loaded(input_ids=other_ids).logits, model(input_ids=other_ids).logits
-            )
+    assert_same_logits_at_every_width(model, loaded)
 
 
 def test_from_pretrained_names_a_missing_file(tmp_path):
