@@ -106,7 +106,11 @@ def _check_preset_fits(pretrain: PretrainConfig, tokenizer: Any, params: Switcha
 
     hf_config = transformers_config(pretrain.model, len(tokenizer), {})
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config)
+        _check_fits(AutoModelForCausalLM.from_config(hf_config), params)
+
+
+def _check_fits(model: Any, params: SwitchableParams) -> None:
+    """``check_tied_flags`` with the error naming the ``switchable.model`` group."""
     try:
         check_tied_flags(model, params.switchable)
     except ValueError as err:
@@ -171,6 +175,7 @@ def train_switchable(
     """
     params = parse_switchable_params(switchable_params)
     teacher = base_model.model
+    _check_fits(teacher, params)  # before the copy and any training
     student_base = copy.deepcopy(teacher)
     student_base.requires_grad_(True)  # the teacher gets frozen below; its copy must train
     if params.model.n_layer is not None:
