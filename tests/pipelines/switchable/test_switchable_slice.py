@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,7 +19,13 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from router_pipelines.models.bundle import ModelBundle
 from router_pipelines.models.switchable import SwitchableLM
 from router_pipelines.pipelines.switchable import create_pipeline
-from router_pipelines.pipelines.switchable.nodes import provide_base_model
+from router_pipelines.pipelines.switchable.config import parse_switchable_params
+from router_pipelines.pipelines.switchable.nodes import (
+    _from_registry,
+    _registered_if_any,
+    provide_base_model,
+)
+from router_pipelines.tracking import register_bundle
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 SEQ_LEN, VOCAB = 16, 64
@@ -178,3 +185,17 @@ def test_tied_preset_mismatch_stops_before_the_base_model_trains(base_model):
     empty = pd.DataFrame({"input_ids": [], "labels": [], "attention_mask": []})
     with pytest.raises(ValueError, match=r"switchable\.model: quantize_lm_head \(False\)"):
         provide_base_model(empty, empty, base_model.tokenizer, None, pretrain, switchable)
+
+
+def test_registry_lookup_of_auto_and_registry_sources(mlflow_store, base_model):
+    switchable = yaml.safe_load((CONF / "base/parameters_switchable.yml").read_text())
+    params = parse_switchable_params(switchable["switchable"])
+    assert _registered_if_any(params) is None  # nothing registered: auto trains
+    with mlflow.start_run():
+        register_bundle(base_model, "base_lm")
+    loaded = _registered_if_any(params)
+    assert loaded is not None and loaded.source_dir is None
+    assert loaded.tokenizer.get_vocab() == base_model.tokenizer.get_vocab()
+    switchable["switchable"]["base"]["registry_version"] = "@champion"
+    with pytest.raises(ValueError, match=r"registry_version: cannot load models:/base_lm@champion"):
+        _from_registry(parse_switchable_params(switchable["switchable"]))

@@ -133,29 +133,31 @@ def _registry_uri(params: SwitchableParams) -> str:
 
 def _from_registry(params: SwitchableParams) -> ModelBundle:
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     uri = _registry_uri(params)
     logger.info("Loading the base model from the MLflow registry: %s", uri)
-    bundle = mlflow.pyfunc.load_model(uri).unwrap_python_model().bundle
+    try:
+        bundle = mlflow.pyfunc.load_model(uri).unwrap_python_model().bundle
+    except MlflowException as err:
+        raise ValueError(
+            f"switchable.base.registry_name / registry_version: cannot load {uri} from the "
+            f"registry at {mlflow.get_registry_uri()}: {err.message}"
+        ) from err
     bundle.source_dir = None  # a copy from the registry: save it as a new catalog version
     return bundle
 
 
 def _registered_if_any(params: SwitchableParams) -> ModelBundle | None:
-    """The registered base model, or ``None`` when the registry has no such model / version
-    (``source: auto`` then trains one). Other registry errors propagate."""
+    """The registered base model, or ``None`` when no version of ``registry_name`` is
+    registered (``source: auto`` then trains one). A version or alias that does not exist
+    among registered ones is an error naming the parameter."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     name = params.base.registry_name
-    try:
-        if not mlflow.MlflowClient().search_model_versions(f"name = '{name}'", max_results=1):
-            return None
-        return _from_registry(params)
-    except MlflowException as err:
-        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-            return None
-        raise
+    if not mlflow.MlflowClient().search_model_versions(f"name = '{name}'", max_results=1):
+        return None
+    return _from_registry(params)
 
 
 def train_switchable(
