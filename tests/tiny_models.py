@@ -1,27 +1,33 @@
-"""Tiny transformers causal LMs shared by the model and family tests (import as
-``from tiny_models import ...``: pytest puts ``tests/`` on the path for its conftest)."""
+"""Tiny models and data shared by the tests (import as ``from tiny_models import ...``:
+pytest puts ``tests/`` on the path for its conftest)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from torch.utils.data import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 VOCAB_SIZE = 128
 
 
-def tiny_gpt2() -> GPT2LMHeadModel:
+def tiny_gpt2(**overrides: Any) -> GPT2LMHeadModel:
     """2 layers, 32 wide, tied LM head, no dropout (train-mode forwards stay deterministic);
-    in eval mode, initialised from the current torch seed."""
+    in eval mode, initialised from the current torch seed. ``overrides`` are GPT2Config fields."""
     config = GPT2Config(
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        vocab_size=VOCAB_SIZE,
-        n_positions=32,
-        bos_token_id=0,
-        eos_token_id=0,
+        **{
+            "resid_pdrop": 0.0,
+            "embd_pdrop": 0.0,
+            "attn_pdrop": 0.0,
+            "n_layer": 2,
+            "n_embd": 32,
+            "n_head": 2,
+            "vocab_size": VOCAB_SIZE,
+            "n_positions": 32,
+            "bos_token_id": 0,
+            "eos_token_id": 0,
+        }
+        | overrides
     )
     return GPT2LMHeadModel(config).eval()
 
@@ -38,3 +44,16 @@ def tiny_llama(tie_word_embeddings: bool = False) -> LlamaForCausalLM:
         tie_word_embeddings=tie_word_embeddings,
     )
     return LlamaForCausalLM(config).eval()
+
+
+class ListDataset(Dataset):
+    """A map-style dataset over a list of ``{"input_ids", "labels", "attention_mask"}``."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.items[index]

@@ -1,55 +1,28 @@
 import pytest
 import torch
-from torch.utils.data import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel
+from tiny_models import VOCAB_SIZE, ListDataset, tiny_gpt2
 
 from router_pipelines.models.switchable import SwitchableConfig, SwitchableLM
 
-VOCAB_SIZE = 128
 
-
-class ListDataset(Dataset):
-    """A map-style dataset over a list of ``{"input_ids", "labels", "attention_mask"}``."""
-
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        return self.items[index]
-
-
-def tiny_gpt2_config() -> GPT2Config:
-    # n_embd=64 and n_inner=256 keep every linear's in_features a multiple of 32 and its
-    # out_features a multiple of 16, as the CPU int4 kernel needs.
-    return GPT2Config(
-        n_layer=2,
-        n_embd=64,
-        n_head=2,
-        vocab_size=VOCAB_SIZE,
-        n_positions=64,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
+def _switchable(**flags: bool) -> SwitchableLM:
+    """A 2-block GPT-2 with switchable widths 2/4/8 (8-bit activations), in eval mode.
+    n_embd=64 (n_inner 256) keeps every linear's in_features a multiple of 32 and its
+    out_features a multiple of 16, as the CPU int4 kernel needs."""
+    torch.manual_seed(0)
+    base = tiny_gpt2(n_embd=64, n_positions=64)
+    return SwitchableLM.from_base(base, SwitchableConfig(bit_widths=[2, 4, 8], **flags)).eval()
 
 
 @pytest.fixture
 def tiny_switchable() -> SwitchableLM:
-    """A 2-block GPT-2 with switchable widths 2/4/8 (8-bit activations), in eval mode."""
-    torch.manual_seed(0)
-    base = GPT2LMHeadModel(tiny_gpt2_config())
-    return SwitchableLM.from_base(base, SwitchableConfig(bit_widths=[2, 4, 8])).eval()
+    return _switchable()
 
 
 @pytest.fixture
 def tiny_switchable_tables() -> SwitchableLM:
     """``tiny_switchable`` with its embeddings and (tied) LM head quantized too."""
-    torch.manual_seed(0)
-    base = GPT2LMHeadModel(tiny_gpt2_config())
-    config = SwitchableConfig(bit_widths=[2, 4, 8], quantize_lm_head=True, quantize_embeddings=True)
-    return SwitchableLM.from_base(base, config).eval()
+    return _switchable(quantize_lm_head=True, quantize_embeddings=True)
 
 
 @pytest.fixture

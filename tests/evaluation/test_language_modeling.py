@@ -2,28 +2,16 @@ import math
 
 import pytest
 import torch
-from torch.utils.data import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel
+from tiny_models import ListDataset, tiny_gpt2
+from transformers import GPT2LMHeadModel
 
 from router_pipelines.evaluation.language_modeling import evaluate_language_model
-
-
-class ListDataset(Dataset):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        return self.items[index]
 
 
 @pytest.fixture(scope="module")
 def model() -> GPT2LMHeadModel:
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32)
-    return GPT2LMHeadModel(config)
+    return tiny_gpt2(vocab_size=64)
 
 
 def make_dataset(n_items: int = 5, seq_len: int = 12) -> ListDataset:

@@ -288,15 +288,9 @@ class MultiWidthQuantizer(nn.Module):
         return x if bits is None else self._quantizer(bits)(x)
 
     def quantize_rows(
-        self,
-        weight: torch.Tensor,
-        ids: torch.Tensor,
-        bits: int | None,
-        padding_idx: int | None = None,
+        self, weight: torch.Tensor, ids: torch.Tensor, bits: int, padding_idx: int | None = None
     ) -> torch.Tensor:
         """``forward(weight, bits)[ids]``, quantizing only the looked-up rows."""
-        if bits is None:
-            return F.embedding(ids, weight, padding_idx)
         return self._quantizer(bits).quantize_rows(weight, ids, padding_idx)
 
     def is_initialized(self, bits: int) -> bool:
@@ -379,16 +373,10 @@ class NestedQuantizer(_DataInitialized):
         return (self._integer_grid(weight, step, bits) * step).to(weight.dtype)
 
     def quantize_rows(
-        self,
-        weight: torch.Tensor,
-        ids: torch.Tensor,
-        bits: int | None,
-        padding_idx: int | None = None,
+        self, weight: torch.Tensor, ids: torch.Tensor, bits: int, padding_idx: int | None = None
     ) -> torch.Tensor:
         """``forward(weight, bits)[ids]``, quantizing only the looked-up rows (see
         :meth:`LsqQuantizer.quantize_rows`)."""
-        if bits is None:
-            return F.embedding(ids, weight, padding_idx)
         step = F.embedding(ids, self._scaled_step(weight, bits), padding_idx)  # (*ids, 1)
         rows = F.embedding(ids, weight, padding_idx)
         return (self._integer_grid(rows, step, bits) * step).to(weight.dtype)
