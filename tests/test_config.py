@@ -30,7 +30,8 @@ def test_builds_nested_dataclasses():
 
 def test_unknown_key_is_named_with_its_path_and_the_allowed_keys():
     with pytest.raises(
-        ValueError, match=r"outer.inner: unknown key\(s\) \['rte'\]; allowed keys are \['rate'\]"
+        ValueError,
+        match=r"outer.inner: unknown key 'rte' \(did you mean 'rate'\?\); allowed keys are \['rate'\]",
     ):
         config_from_dict(Outer, {"name": "x", "inner": {"rte": 1}}, "outer")
 

@@ -41,8 +41,8 @@ def test_text_field_list_is_kept():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"bogus": 1}, "data: unknown key(s) ['bogus']"),
-        ({"tokenizer": {"vocab": 10}}, "data.tokenizer: unknown key(s) ['vocab']"),
+        ({"bogus": 1}, "data: unknown key 'bogus'"),
+        ({"tokenizer": {"vocab": 10}}, "data.tokenizer: unknown key 'vocab'"),
         ({"mode": "chat"}, "data.mode: 'chat' is not allowed"),
         ({"format": "csv"}, "data.format: 'csv' is not allowed"),
         ({"on_invalid": "ignore"}, "data.on_invalid: 'ignore' is not allowed"),

@@ -125,5 +125,7 @@ def test_hub_dataset_replaces_raw_path(tmp_path, monkeypatch):
 
 
 def test_unknown_parameter_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"data: unknown key\(s\) \['seqlen'\]"):
+    with pytest.raises(
+        ValueError, match=r"data: unknown key 'seqlen' \(did you mean 'seq_len'\?\)"
+    ):
         data_nodes.split_corpus(pd.DataFrame({"text": ["x"]}), {"seqlen": 3})

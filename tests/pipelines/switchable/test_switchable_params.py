@@ -63,7 +63,10 @@ def test_schedule_width_outside_bit_widths_is_rejected():
 
 
 def test_unknown_keys_are_named():
-    with pytest.raises(ValueError, match=r"switchable.training: unknown key\(s\) \['max_stepz'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"switchable.training: unknown key 'max_stepz' \(did you mean 'max_steps'\?\)",
+    ):
         parse_switchable_params(with_change("training", "max_stepz", 3))
     with pytest.raises(ValueError, match=r"switchable: unknown group\(s\) \['modle'\]"):
         parse_switchable_params({**BASE, "modle": {}})
