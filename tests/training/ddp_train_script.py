@@ -74,6 +74,7 @@ def main() -> None:
         "eval_loss": result.history["eval_loss"],
         "global_step": result.global_step,
         "tokens_seen": result.tokens_seen,
+        "run_dir": result.run_dir,
     }
     (Path(output_dir) / f"rank{accelerator.process_index}.json").write_text(json.dumps(report))
     accelerator.wait_for_everyone()

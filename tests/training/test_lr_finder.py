@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import math
+import random
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -16,15 +19,21 @@ from router_pipelines.training import LRFinderResult, causal_lm_loss, find_lr, p
 def test_find_lr_restores_the_model_and_suggests_a_finite_lr(make_config, train_data):
     model = tiny_gpt2(0, dropout=0.1)
     model.eval()
+    model.transformer.h[0].train()  # a mixed mode, restored module by module
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    rng_before = torch.get_rng_state()
+    modes_before = [m.training for m in model.modules()]
+    rng_before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    config = make_config(save_steps=1, save_at_end=True, eval_steps=1)  # all ignored
     result = find_lr(
-        model, causal_lm_loss, train_data, make_config(), start_lr=1e-5, end_lr=10.0, num_steps=30
+        model, causal_lm_loss, train_data, config, start_lr=1e-5, end_lr=10.0, num_steps=30
     )
     torch.testing.assert_close(model.state_dict(), before, atol=0, rtol=0)
-    assert not model.training  # mode restored too
+    assert [m.training for m in model.modules()] == modes_before
     assert all(p.grad is None for p in model.parameters())
-    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert torch.equal(torch.get_rng_state(), rng_before[0])
+    assert random.getstate() == rng_before[1]
+    assert (np.random.get_state()[1] == rng_before[2]).all()
+    assert not Path(config.output_dir).exists()  # no checkpoints, no run folder
     assert 3 <= len(result.lrs) == len(result.losses) == len(result.raw_losses) <= 30
     assert result.lrs[0] == pytest.approx(1e-5)
     ratios = [b / a for a, b in zip(result.lrs, result.lrs[1:], strict=False)]

@@ -268,7 +268,8 @@ def test_best_model_is_saved_and_loadable(make_config, model, train_data, eval_d
     ).train()
     assert result.best_step == 4 and result.best_eval_loss == 1.0
     best_dir = Path(result.best_model_dir)
-    assert best_dir == Path(config.output_dir) / "best"
+    assert best_dir == Path(result.run_dir) / "best"
+    assert Path(result.run_dir).parent == Path(config.output_dir)
     assert (best_dir / "model.safetensors").is_file() and (best_dir / "config.json").is_file()
     loaded = GPT2LMHeadModel.from_pretrained(best_dir)
     torch.testing.assert_close(loaded.state_dict(), snapshots[4], atol=0, rtol=0)
@@ -310,9 +311,9 @@ def test_save_total_limit_keeps_the_newest_and_the_best(make_config, model, trai
     result = Trainer(
         model, causal_lm_loss, train_data, eval_data, config=config, eval_loss_fn=eval_loss
     ).train()
-    assert [step for step, _ in list_checkpoints(config.output_dir)] == [2, 4, 5]
-    assert result.last_checkpoint == str(Path(config.output_dir) / "checkpoint-5")
-    assert (Path(config.output_dir) / "best").is_dir()
+    assert [step for step, _ in list_checkpoints(result.run_dir)] == [2, 4, 5]
+    assert result.last_checkpoint == str(Path(result.run_dir) / "checkpoint-5")
+    assert (Path(result.run_dir) / "best").is_dir()
 
 
 def test_gradient_checkpointing_switch(make_config, model, train_data):

@@ -64,12 +64,16 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         steps, losses = zip(*report["eval_loss"], strict=True)
         assert steps == (2, 4)
         assert losses == pytest.approx([v for _, v in single.history["eval_loss"]], rel=1e-5)
+    # One run folder, named on rank 0 and broadcast: both processes wrote into it.
+    run_dir = Path(reports[0]["run_dir"])
+    assert reports[1]["run_dir"] == str(run_dir) and run_dir.parent == ddp_dir
+    assert [p for p in ddp_dir.iterdir() if p.is_dir()] == [run_dir]
     # save_total_limit=1: one checkpoint, with the RNG states of both processes.
-    checkpoints = sorted(p.name for p in ddp_dir.glob("checkpoint-*"))
+    checkpoints = sorted(p.name for p in run_dir.glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-4"]
-    files = {p.name for p in (ddp_dir / "checkpoint-4").iterdir()}
+    files = {p.name for p in (run_dir / "checkpoint-4").iterdir()}
     assert {"random_states_0.pkl", "random_states_1.pkl", "trainer_state.json"} <= files
-    state = json.loads((ddp_dir / "checkpoint-4" / "trainer_state.json").read_text())
+    state = json.loads((run_dir / "checkpoint-4" / "trainer_state.json").read_text())
     assert (state["global_step"], state["epoch"], state["global_batch_size"]) == (4, 2, 4)
-    assert (ddp_dir / "best" / "model.safetensors").is_file()
-    assert not list(ddp_dir.glob(".tmp-*"))
+    assert (run_dir / "best" / "model.safetensors").is_file()
+    assert not list(run_dir.glob(".tmp-*"))

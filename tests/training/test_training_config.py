@@ -51,6 +51,11 @@ def test_defaults_and_params_dict():
         ({"param_groups": [{"pattern": "wte", "lr": 0}]}, "param_groups"),
         ({"param_groups": [{"pattern": "wte", "lr": 1e-3, "decay": 0}]}, "param_groups"),
         ({"output_dir": ""}, "output_dir"),
+        ({"run_name": "a/b"}, "run_name"),
+        ({"metric_for_best_model": ""}, "metric_for_best_model"),
+        ({"greater_is_better": "yes"}, "greater_is_better"),
+        ({"frozen_modules_eval": 1}, "frozen_modules_eval"),
+        ({"save_only_trainable": "no"}, "save_only_trainable"),
     ],
 )
 def test_bad_values_name_the_field(overrides, field):

@@ -3,19 +3,56 @@
 Built from a Kedro params dict with
 ``config_from_dict(TrainingConfig, params["training"], "pretrain.training")``; every
 bad value raises a ``ValueError`` whose message starts with the field name.
+
+:data:`RESULT_NEUTRAL_FIELDS` says which fields do not change what a run computes; resume
+compares every other field (see :mod:`router_pipelines.training.runs`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from router_pipelines.config import check_choice, check_positive
+from router_pipelines.config import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_non_empty_str,
+    check_optional_int,
+    check_positive,
+)
 
 SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 PARAM_GROUP_KEYS = ("pattern", "lr", "lr_multiplier", "weight_decay")
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+EVAL_PREFIX = "eval_"
+
+# TrainingConfig fields that do not change what a run computes: the trained weights, the
+# weights in best/, the model TrainResult returns and the step training stops at. Resume
+# ignores them (a run may continue with another value) and result_affecting_fields() leaves
+# them out; every other field is compared. Two fields get special treatment in runs.py:
+# mixed_precision is compared as the precision really used on the device (``auto`` resolves
+# per machine), and max_steps may grow on resume when the lr schedule does not depend on it.
+RESULT_NEUTRAL_FIELDS: dict[str, str] = {
+    "output_dir": "where run folders live, not what they hold",
+    "run_name": "the folder's name",
+    "resume_from_checkpoint": "where to continue from; the run is the same either way",
+    "progress_bar": "display only",
+    "logging_steps": "train logs only read the losses; they touch neither RNG nor weights",
+    "num_workers": "the data order is a pure function of (seed, epoch); workers only add speed",
+    "save_steps": "when checkpoints are written; saving reads state and resume is bit-exact",
+    "save_at_end": "whether the last step is checkpointed",
+    "save_total_limit": "how many checkpoints are kept on disk",
+    "save_best_model": "whether best/ is written; the best step is tracked either way",
+    "save_only_trainable": "what a checkpoint stores; loading reads the kind from the checkpoint",
+    "cpu": "where it runs; the precision that implies is compared as mixed_precision",
+    "gradient_checkpointing": "recomputes activations with the RNG replayed: the same numbers "
+    "(bit-identical on CPU, tests/training/test_runs.py)",
+    "ddp_find_unused_parameters": "DDP bookkeeping; the gradients are the same",
+}
 
 
 @dataclass
@@ -26,7 +63,8 @@ class TrainingConfig:
     micro-batches of ``batch_size`` examples on each process).
     """
 
-    output_dir: str  # checkpoint-<step>/ and best/ land here
+    output_dir: str  # run folders land here: <output_dir>/<run_name>/checkpoint-<step>/, best/
+    run_name: str | None = None  # the run's folder; None: a fresh UTC-time name per fresh run
     max_steps: int = 100  # optimizer steps
     batch_size: int = 8  # examples per micro-batch per process
     gradient_accumulation_steps: int = 1  # micro-batches per optimizer step
@@ -41,48 +79,59 @@ class TrainingConfig:
     warmup_steps: int = 0  # linear warmup length in optimizer steps
     warmup_ratio: float = 0.0  # warmup as a fraction of max_steps (exclusive with warmup_steps)
     max_grad_norm: float | None = 1.0  # clip the global grad norm; None disables clipping
-    mixed_precision: str = (
-        "auto"  # auto (bf16 on CUDA with bf16 support, else no) | no | fp16 | bf16
-    )
+    # auto (bf16 on CUDA with bf16 support, else no) | no | fp16 | bf16; see describe_precision
+    mixed_precision: str = "auto"
     cpu: bool = False  # force the CPU even when CUDA or MPS exist
     gradient_checkpointing: bool = False  # trade compute for activation memory
+    frozen_modules_eval: bool = True  # sub-modules with only frozen params stay in eval mode
     eval_steps: int | None = 50  # evaluate every N optimizer steps; None: never
     eval_max_batches: int | None = None  # cap on eval micro-batches per process; None: all
     eval_batch_size: int | None = None  # eval micro-batch size; None: batch_size
-    save_steps: int | None = (
-        50  # checkpoint every N optimizer steps; None: never (but see save_at_end)
-    )
+    metric_for_best_model: str = "eval_loss"  # any logged eval metric ("eval_" may be left off)
+    greater_is_better: bool | None = None  # None: False when the metric ends in "loss", else True
+    save_steps: int | None = 50  # checkpoint every N optimizer steps; None: never (see save_at_end)
     save_at_end: bool = True  # also checkpoint the final step when save_steps did not land on it
-    save_total_limit: int | None = (
-        3  # keep the N newest checkpoints (plus the best step's); None: all
-    )
-    save_best_model: bool = True  # write the best-eval-loss weights to output_dir/best
+    save_total_limit: int | None = 3  # keep the N newest checkpoints (plus the best step's)
+    save_best_model: bool = True  # write the best weights to <run>/best
+    save_only_trainable: bool = False  # checkpoints and best/ hold only requires_grad params
     load_best_model_at_end: bool = False  # TrainResult.model gets the best weights (HF precedent)
-    early_stopping: bool = False  # stop when eval loss stops improving
+    early_stopping: bool = False  # stop when metric_for_best_model stops improving
     early_stopping_patience: int = 3  # evaluations without enough improvement before stopping
-    early_stopping_threshold: float = 0.0  # minimum eval-loss decrease that counts as improvement
+    early_stopping_threshold: float = 0.0  # minimum improvement of the metric that counts
     logging_steps: int = 10  # log train metrics every N optimizer steps (and at the last step)
-    resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest" under output_dir
+    resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest" (see runs.py)
     seed: int = 42  # global seed and data-order seed (epoch e shuffles with seed + e)
     num_workers: int = 0  # DataLoader worker processes
     progress_bar: bool = True  # tqdm bar on the main process
     ddp_find_unused_parameters: bool = False  # DDP: allow parameters without gradients in a step
 
     def __post_init__(self) -> None:
-        if not isinstance(self.output_dir, str) or not self.output_dir:
+        check_non_empty_str("output_dir", self.output_dir)
+        check_output_dir(self.output_dir)
+        if self.run_name is not None and (
+            not isinstance(self.run_name, str) or not RUN_NAME_RE.match(self.run_name)
+        ):
             raise ValueError(
-                f"output_dir: expected a non-empty path string, got {self.output_dir!r}"
+                "run_name: expected null or a folder name of letters, digits, '_', '-', '.' "
+                f"(not starting with '.', '_' or '-'), got {self.run_name!r}"
             )
+        if isinstance(self.run_name, str) and (
+            self.run_name == "best" or self.run_name.startswith("checkpoint-")
+        ):
+            raise ValueError(f"run_name: {self.run_name!r} is reserved for the engine's folders")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "logging_steps"):
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("warmup_steps", "num_workers", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
-        _check_int("early_stopping_patience", self.early_stopping_patience, minimum=1)
-        for name in ("eval_steps", "eval_max_batches", "eval_batch_size", "save_steps"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
-        if self.save_total_limit is not None:
-            _check_int("save_total_limit", self.save_total_limit, minimum=1)
+            check_int(name, getattr(self, name), minimum=0)
+        check_int("early_stopping_patience", self.early_stopping_patience, minimum=1)
+        for name in (
+            "eval_steps",
+            "eval_max_batches",
+            "eval_batch_size",
+            "save_steps",
+            "save_total_limit",
+        ):
+            check_optional_int(name, getattr(self, name), minimum=1)
         check_positive("learning_rate", self.learning_rate)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         check_positive("adam_eps", self.adam_eps)
@@ -106,26 +155,24 @@ class TrainingConfig:
         for name in (
             "cpu",
             "gradient_checkpointing",
+            "frozen_modules_eval",
             "save_at_end",
             "save_best_model",
+            "save_only_trainable",
             "load_best_model_at_end",
             "early_stopping",
             "progress_bar",
             "ddp_find_unused_parameters",
         ):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+            check_bool(name, getattr(self, name))
+        check_non_empty_str("metric_for_best_model", self.metric_for_best_model)
+        if self.greater_is_better is not None:
+            check_bool("greater_is_better", self.greater_is_better)
         self.adam_betas = _check_betas(self.adam_betas)
         self.param_groups = [
             _check_param_group(i, g) for i, g in enumerate(self.param_groups or [])
         ]
-        if self.resume_from_checkpoint is not None and (
-            not isinstance(self.resume_from_checkpoint, str) or not self.resume_from_checkpoint
-        ):
-            raise ValueError(
-                "resume_from_checkpoint: expected null, 'latest' or a checkpoint path, "
-                f"got {self.resume_from_checkpoint!r}"
-            )
+        check_non_empty_str("resume_from_checkpoint", self.resume_from_checkpoint, optional=True)
         if self.early_stopping and self.eval_steps is None:
             raise ValueError("early_stopping: true needs eval_steps to be set, got eval_steps=null")
         if self.load_best_model_at_end and not self.save_best_model:
@@ -138,12 +185,37 @@ class TrainingConfig:
             return int(round(self.warmup_ratio * self.max_steps))
         return self.warmup_steps
 
+    @property
+    def best_metric_name(self) -> str:
+        """``metric_for_best_model`` as logged: with the ``eval_`` prefix (HF Trainer rule)."""
+        name = self.metric_for_best_model
+        return name if name.startswith(EVAL_PREFIX) else f"{EVAL_PREFIX}{name}"
 
-def _check_int(key: str, value: Any, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key}: expected an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{key}: must be >= {minimum}, got {value!r}")
+    @property
+    def best_metric_greater_is_better(self) -> bool:
+        """``greater_is_better``, or (when null) False for a metric ending in "loss", else True."""
+        if self.greater_is_better is not None:
+            return self.greater_is_better
+        return not self.best_metric_name.endswith("loss")
+
+    @property
+    def schedule_depends_on_max_steps(self) -> bool:
+        """Whether the lr at a step changes with ``max_steps`` (cosine/linear decay, warmup_ratio)."""
+        return self.scheduler != "constant" or bool(self.warmup_ratio)
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Raise ``ValueError("output_dir: ...")`` when the path, or a folder above it, is a file."""
+    path = Path(output_dir)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is a file" if candidate == path else f"is below the file {candidate}"
+                raise ValueError(
+                    f"output_dir: {output_dir!r} {where}, not a folder; point output_dir at a "
+                    "folder (it is created when missing)"
+                )
+            return
 
 
 def _check_betas(betas: Any) -> tuple[float, float]:

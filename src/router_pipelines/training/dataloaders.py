@@ -17,6 +17,7 @@ LongTensors of one length T; the default collate stacks them to (B, T).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sized
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
@@ -88,10 +89,34 @@ def build_eval_dataloader(
     )
 
 
-def count_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Input tokens in a batch: ``attention_mask.sum()``, else ``input_ids.numel()``."""
+def count_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor | int:
+    """Input tokens in a batch: ``attention_mask.sum()`` (a device tensor: no host sync),
+    else ``input_ids.numel()``."""
     if "attention_mask" in batch:
-        return int(batch["attention_mask"].sum())
+        return batch["attention_mask"].sum()
     if "input_ids" in batch:
         return batch["input_ids"].numel()
     return 0
+
+
+def micro_batches(
+    accelerator: Any, loader: DataLoader, sampler: EpochSeededSampler, state: Any
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Training micro-batches from ``state``'s data position on, epoch after epoch.
+
+    ``state`` (a :class:`~router_pipelines.training.state.TrainerState`) is advanced as
+    batches are drawn: ``batch_in_epoch`` counts the micro-batches of ``state.epoch`` consumed;
+    a resumed run skips them with ``accelerator.skip_first_batches``.
+    """
+    batches_per_epoch = len(loader)
+    while True:
+        sampler.set_epoch(state.epoch)
+        loader.set_epoch(state.epoch)
+        epoch_loader = loader
+        if state.batch_in_epoch:
+            epoch_loader = accelerator.skip_first_batches(loader, state.batch_in_epoch)
+        for batch in epoch_loader:
+            state.batch_in_epoch += 1
+            if state.batch_in_epoch == batches_per_epoch:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            yield batch

@@ -1,49 +1,45 @@
-"""Learning-rate range test (Smith 2015; the fastai ``lr_find`` procedure).
+"""Learning-rate range test (Smith 2015; the fastai ``lr_find`` procedure), run on the engine.
 
 The base lr sweeps exponentially from ``start_lr`` to ``end_lr`` over ``num_steps``
-optimizer steps on the training data, with the engine's optimizer, parameter
-groups (each group keeps its ratio to ``learning_rate``), gradient accumulation,
-clipping and precision. The recorded loss is an exponential moving average
-(``smoothing``, bias-corrected). The sweep stops early when the smoothed loss
-exceeds ``divergence_factor`` times its minimum so far (losses assumed positive) or
-a loss is not finite.
+optimizer steps on the training data. It is a short :class:`~.engine.Trainer` run: a constant
+schedule without warmup, the sweep through ``lr_multiplier_fn`` (so each parameter group
+keeps its ratio to ``learning_rate``), a train log every step, no evaluation, checkpoints or
+files, and a callback that records each step's loss (the mean over micro-batches and
+processes) as a bias-corrected exponential moving average (``smoothing``) and stops when it
+exceeds ``divergence_factor`` times its minimum so far (losses assumed positive). A non-finite
+loss ends the sweep too (the engine refuses the update; the step is not recorded). The
+optimizer, accumulation, clipping and precision are the engine's, as in the real run.
 
 Suggestion: the lr where the smoothed loss falls fastest, i.e. the minimum of
 ``d(smoothed loss) / d(log10 lr)`` (fastai's "steep" rule), which sits below the
-divergence point with a margin. The model's original weights, train/eval mode and
-the global RNG states are restored afterwards; optimizer state is discarded. The model
-stays on the accelerator device, and gradient checkpointing (when configured) stays on,
-as the Trainer would set both anyway. Run it before building the Trainer.
-
-Accelerate has no range test and the HF/Lightning ones are tied to their trainers,
-hence this small hand-written loop.
+divergence point with a margin. The model's original weights, the train/eval mode of every
+sub-module and the global RNG states (python, numpy, torch, CUDA) are restored afterwards;
+optimizer state is discarded. The model stays on the accelerator device, and gradient
+checkpointing (when configured) stays on, as the Trainer would set both anyway. Run it before
+building the Trainer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
-from collections.abc import Iterator
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from router_pipelines.training.callbacks import TrainerCallback
 from router_pipelines.training.config import TrainingConfig
-from router_pipelines.training.dataloaders import EpochSeededSampler, build_train_dataloader
+from router_pipelines.training.engine import NonFiniteLossError, Trainer
 from router_pipelines.training.losses import LossFn
-from router_pipelines.training.metrics import reduce_sums
-from router_pipelines.training.optim import build_optimizer
-from router_pipelines.training.runtime import (
-    build_accelerator,
-    claim_gradient_state,
-    enable_gradient_checkpointing,
-)
+from router_pipelines.training.runtime import module_modes, restore_module_modes
+from router_pipelines.training.state import TrainerState
 
 
 @dataclass
@@ -54,6 +50,28 @@ class LRFinderResult:
     losses: list[float]  # bias-corrected exponential moving average of the step losses
     suggestion: float | None  # steepest descent of the smoothed curve; None below 3 points
     raw_losses: list[float] = field(default_factory=list)  # the step losses themselves
+
+
+class _SweepRecorder(TrainerCallback):
+    """Records each step's train loss, smoothed; asks to stop when it diverges."""
+
+    def __init__(self, lr_at: list[float], smoothing: float, divergence_factor: float) -> None:
+        self.lr_at, self.smoothing, self.divergence_factor = lr_at, smoothing, divergence_factor
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.raw_losses: list[float] = []
+        self._average, self._best = 0.0, math.inf
+
+    def on_step_end(self, state: TrainerState, logs: dict[str, float]) -> bool:
+        loss = logs["train_loss"]  # logging_steps = 1: every step logs
+        step = len(self.raw_losses)
+        self._average = self.smoothing * self._average + (1 - self.smoothing) * loss
+        smoothed = self._average / (1 - self.smoothing ** (step + 1))
+        self.lrs.append(self.lr_at[state.global_step - 1])
+        self.losses.append(smoothed)
+        self.raw_losses.append(loss)
+        self._best = min(self._best, smoothed)
+        return not math.isfinite(smoothed) or smoothed > self.divergence_factor * self._best
 
 
 def find_lr(
@@ -73,7 +91,8 @@ def find_lr(
         model: the model to probe (weights restored afterwards).
         loss_fn: the family's ``loss_fn(model, batch, step)``.
         train_dataset: map-style dataset of dicts of 1-D LongTensors (length T).
-        config: batch size, accumulation, param groups, precision, seed.
+        config: batch size, accumulation, param groups, precision, seed; its schedule,
+            evaluation, checkpoint and resume settings are not used.
         start_lr: first base lr (> 0).
         end_lr: last base lr (> start_lr).
         num_steps: optimizer steps in the sweep (>= 2).
@@ -91,50 +110,80 @@ def find_lr(
         raise ValueError(f"smoothing: must be in [0, 1), got {smoothing!r}")
     if divergence_factor <= 1:
         raise ValueError(f"divergence_factor: must be > 1, got {divergence_factor!r}")
+    lr_at = [
+        start_lr * (end_lr / start_lr) ** (step / (num_steps - 1)) for step in range(num_steps)
+    ]
+    sweep = _sweep_config(config, num_steps)
+    recorder = _SweepRecorder(lr_at, smoothing, divergence_factor)
     original = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    was_training = model.training
-    accelerator = build_accelerator(config)
-    if config.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
-    loader, sampler = build_train_dataloader(
-        train_dataset, config.batch_size, config.seed, config.num_workers
-    )
-    optimizer = build_optimizer(model, config)
-    ratios = [group["lr"] / config.learning_rate for group in optimizer.param_groups]
-    prepared, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    lrs: list[float] = []
-    losses: list[float] = []
-    raw_losses: list[float] = []
+    modes = module_modes(model)
+    rng = _global_rng_states()
+    trainer = None
     try:
-        devices = [] if accelerator.device.type == "cpu" else [accelerator.device]
-        with torch.random.fork_rng(devices=devices, device_type=accelerator.device.type):
-            claim_gradient_state(accelerator, config)
-            set_seed(config.seed)
-            prepared.train()
-            batches = _endless(loader, sampler)
-            average, best = 0.0, math.inf
-            for step in range(num_steps):
-                lr = start_lr * (end_lr / start_lr) ** (step / (num_steps - 1))
-                for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                    group["lr"] = lr * ratio
-                loss = _sweep_step(accelerator, prepared, optimizer, loss_fn, batches, step, config)
-                if not math.isfinite(loss):
-                    break
-                average = smoothing * average + (1 - smoothing) * loss
-                smoothed = average / (1 - smoothing ** (step + 1))
-                lrs.append(lr)
-                losses.append(smoothed)
-                raw_losses.append(loss)
-                best = min(best, smoothed)
-                if smoothed > divergence_factor * best:
-                    break
+        trainer = Trainer(
+            model,
+            loss_fn,
+            train_dataset,
+            config=sweep,
+            lr_multiplier_fn=lambda step: lr_at[step] / sweep.learning_rate,
+            callbacks=[recorder],
+        )
+        # The sweep ends at the first non-finite loss, as it does at divergence.
+        with contextlib.suppress(NonFiniteLossError):
+            trainer.train()
     finally:
-        unwrapped = accelerator.unwrap_model(prepared)
-        unwrapped.load_state_dict(original)
-        unwrapped.zero_grad(set_to_none=True)
-        unwrapped.train(was_training)
-        accelerator.free_memory()
-    return LRFinderResult(lrs, losses, _steepest_descent(lrs, losses), raw_losses)
+        model.load_state_dict(original)
+        model.zero_grad(set_to_none=True)
+        restore_module_modes(modes)
+        _restore_global_rng_states(rng)
+        if trainer is not None:
+            trainer.accelerator.free_memory()
+    return LRFinderResult(
+        recorder.lrs,
+        recorder.losses,
+        _steepest_descent(recorder.lrs, recorder.losses),
+        recorder.raw_losses,
+    )
+
+
+def _sweep_config(config: TrainingConfig, num_steps: int) -> TrainingConfig:
+    """``config`` with a constant schedule over ``num_steps``, a log per step, nothing saved."""
+    return dataclasses.replace(
+        config,
+        run_name=None,  # nothing is written, so no folder is claimed
+        max_steps=num_steps,
+        scheduler="constant",
+        warmup_steps=0,
+        warmup_ratio=0.0,
+        eval_steps=None,
+        save_steps=None,
+        save_at_end=False,
+        save_best_model=False,
+        load_best_model_at_end=False,
+        early_stopping=False,
+        logging_steps=1,
+        resume_from_checkpoint=None,
+        progress_bar=False,
+    )
+
+
+def _global_rng_states() -> dict[str, object]:
+    states: dict[str, object] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_global_rng_states(states: dict[str, object]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def plot_lr_finder(result: LRFinderResult) -> Figure:
@@ -156,41 +205,6 @@ def plot_lr_finder(result: LRFinderResult) -> Figure:
     ax.legend()
     figure.tight_layout()
     return figure
-
-
-def _sweep_step(
-    accelerator: Accelerator,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: LossFn,
-    batches: Iterator[dict[str, torch.Tensor]],
-    step: int,
-    config: TrainingConfig,
-) -> float:
-    """One optimizer step over the accumulated micro-batches; the mean loss (all processes)."""
-    total = 0.0
-    for _ in range(config.gradient_accumulation_steps):
-        with accelerator.accumulate(model):
-            with accelerator.autocast():
-                loss, _ = loss_fn(model, next(batches), step)
-            total += float(loss.detach())
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                if config.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-    loss_sum, count = reduce_sums(accelerator, [total, float(config.gradient_accumulation_steps)])
-    return loss_sum / count
-
-
-def _endless(loader: DataLoader, sampler: EpochSeededSampler) -> Iterator[dict[str, torch.Tensor]]:
-    epoch = 0
-    while True:
-        sampler.set_epoch(epoch)
-        loader.set_epoch(epoch)
-        yield from loader
-        epoch += 1
 
 
 def _steepest_descent(lrs: list[float], losses: list[float]) -> float | None:

@@ -11,7 +11,9 @@ Grouping rules:
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -100,3 +102,25 @@ def build_scheduler(
         num_warmup_steps=config.num_warmup_steps,
         num_training_steps=config.max_steps,
     )
+
+
+def apply_lr(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    multiplier_fn: Callable[[int], float] | None,
+    step: int,
+) -> list[float]:
+    """Set every group's lr to its scheduled value times ``multiplier_fn(step)``; return them.
+
+    Call right before ``optimizer.step()``: ``scheduler.step()`` afterwards overwrites the
+    groups' lr with the next step's value, so the returned list is what the step used.
+
+    Raises:
+        ValueError: ``multiplier_fn`` returned a negative or non-finite number.
+    """
+    multiplier = 1.0 if multiplier_fn is None else float(multiplier_fn(step))
+    if not math.isfinite(multiplier) or multiplier < 0:
+        raise ValueError(f"lr_multiplier_fn: returned {multiplier!r} at step {step}; need >= 0")
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+        group["lr"] = float(lr) * multiplier
+    return [group["lr"] for group in optimizer.param_groups]

@@ -1,6 +1,8 @@
-"""The Accelerator both the engine and the LR finder run on, and model switches."""
+"""The Accelerator the engine runs on, the precision it really uses, and module modes."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -8,6 +10,8 @@ from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env
 from torch import nn
 
 from router_pipelines.training.config import TrainingConfig
+
+ModuleModes = list[tuple[nn.Module, bool]]
 
 
 def resolve_mixed_precision(value: str, cpu: bool) -> str:
@@ -17,10 +21,67 @@ def resolve_mixed_precision(value: str, cpu: bool) -> str:
     """
     if value != "auto":
         return value
-    forced_cpu = cpu or parse_flag_from_env("ACCELERATE_USE_CPU")
-    if not forced_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if not _forced_cpu(cpu) and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16"
     return "no"
+
+
+def _forced_cpu(cpu: bool) -> bool:
+    return cpu or parse_flag_from_env("ACCELERATE_USE_CPU")
+
+
+def default_device_type(cpu: bool) -> str:
+    """The device type Accelerate picks for one process: CUDA, then MPS, then the CPU."""
+    if _forced_cpu(cpu):
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """What ``mixed_precision`` becomes on a device."""
+
+    requested: str  # the config value: auto | no | fp16 | bf16
+    effective: str  # the autocast really used: no (fp32) | fp16 | bf16
+    device: str  # cpu | cuda | mps | ...
+    note: str | None  # why effective differs from the request, or a caveat worth a warning
+
+
+def precision_plan(config: TrainingConfig, device_type: str | None = None) -> PrecisionPlan:
+    """The precision ``config`` really trains in on ``device_type`` (default: this machine's).
+
+    Mirrors Accelerate 1.15 (``Accelerator.__init__``): fp16 autocast exists only off the
+    CPU (on a CPU ``fp16`` trains in fp32 without a word), bf16 autocast runs on a CPU.
+    """
+    device = device_type or default_device_type(config.cpu)
+    asked = resolve_mixed_precision(config.mixed_precision, config.cpu or device == "cpu")
+    effective, note = asked, None
+    if asked == "fp16" and device == "cpu":
+        effective = "no"
+        note = "Accelerate has no fp16 autocast on the CPU"
+    elif asked == "bf16" and device == "cpu":
+        note = (
+            "bf16 autocast runs on the CPU, but was measured 14x slower than fp32 on this "
+            "project's CPU (docs/training.md); mixed_precision: no is usually faster there"
+        )
+    return PrecisionPlan(config.mixed_precision, effective, device, note)
+
+
+def describe_precision(config: TrainingConfig, device_type: str | None = None) -> str:
+    """One line naming the requested and the effective precision and the device; no model needed.
+
+    E.g. ``"mixed_precision 'fp16' on cpu: training runs in fp32 (Accelerate has no fp16
+    autocast on the CPU, ...)"``. A pre-run validation can log it; the Trainer warns with it
+    when :attr:`PrecisionPlan.note` is set.
+    """
+    plan = precision_plan(config, device_type)
+    shown = {"no": "fp32", "fp16": "fp16 autocast", "bf16": "bf16 autocast"}[plan.effective]
+    line = f"mixed_precision {plan.requested!r} on {plan.device}: training runs in {shown}"
+    return f"{line} ({plan.note})" if plan.note else line
 
 
 def build_accelerator(config: TrainingConfig) -> Accelerator:
@@ -74,3 +135,39 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         f"gradient_checkpointing: true, but {type(model).__name__} has no "
         "gradient_checkpointing_enable(); set it to false or add the method to the model"
     )
+
+
+def set_train_mode(model: nn.Module, frozen_modules_eval: bool) -> None:
+    """``model.train()``; then, with ``frozen_modules_eval``, every frozen sub-module ``eval()``.
+
+    A sub-module is frozen when it has parameters and none of them (at any depth) requires a
+    gradient: a frozen base under a trained router or adapter keeps its dropout off, the way
+    it was trained. Parameter-less modules (a Dropout) follow their parent.
+    """
+    model.train()
+    if frozen_modules_eval:
+        _eval_frozen(model)
+
+
+def _eval_frozen(module: nn.Module) -> None:
+    has_params, trainable = False, False
+    for param in module.parameters():
+        has_params = True
+        if param.requires_grad:
+            trainable = True
+            break
+    if has_params and not trainable:
+        module.eval()
+        return
+    for child in module.children():
+        _eval_frozen(child)
+
+
+def module_modes(model: nn.Module) -> ModuleModes:
+    """The train/eval flag of every sub-module, for :func:`restore_module_modes`."""
+    return [(module, module.training) for module in model.modules()]
+
+
+def restore_module_modes(modes: ModuleModes) -> None:
+    for module, training in modes:
+        module.training = training
