@@ -40,6 +40,7 @@ def data_params(cache_dir: str, max_records: int | None) -> dict[str, Any]:
     import yaml
 
     params = yaml.safe_load(PARAMS_FILE.read_text())["data"]
+    params["raw_path"] = str(RAW_PATH)
     params["cache_dir"] = cache_dir
     if max_records is not None:
         params["max_records"] = max_records
@@ -54,13 +55,13 @@ def worker(cache_dir: str, max_records: int | None) -> None:
     timings = {"import_s": time.perf_counter() - started}
     params = data_params(cache_dir, max_records)
     node_started = time.perf_counter()
-    raw = nodes.ingest_corpus(str(RAW_PATH), params)
+    corpus = nodes.ingest_corpus(params)
     timings["ingest_corpus_s"] = time.perf_counter() - node_started
     node_started = time.perf_counter()
-    train, validation = nodes.split_corpus(raw, params)
+    corpus_split = nodes.split_corpus(corpus, params)
     timings["split_corpus_s"] = time.perf_counter() - node_started
     node_started = time.perf_counter()
-    *_, report = nodes.tokenize_corpus(train, validation, params)
+    *_, report = nodes.tokenize_corpus(corpus_split, params)
     timings["tokenize_corpus_s"] = time.perf_counter() - node_started
     timings["nodes_s"] = sum(timings[f"{node}_s"] for node in NODES)
     timings["cache_hit"] = report["cache_hit"]
@@ -136,7 +137,11 @@ def bench_kedro(repeats: int, max_records: int | None) -> dict[str, list[float]]
                     raise RuntimeError(
                         f"kedro run failed ({done.returncode}):\n{done.stderr[-3000:]}"
                     )
-                report = json.loads((root / "data/08_reporting/data_report.json").read_text())
+                # Wherever the catalog puts it (the path changes with namespacing).
+                found = sorted(root.glob("data/**/data_report.json"))
+                if not found:
+                    raise RuntimeError(f"kedro {state} run: no data_report.json under {root}/data")
+                report = json.loads(found[0].read_text())
                 if report["cache_hit"] != (state == "warm"):
                     raise RuntimeError(f"kedro {state} run: cache_hit={report['cache_hit']}")
                 runs[state].append(seconds)
@@ -147,14 +152,15 @@ def bench_kedro(repeats: int, max_records: int | None) -> dict[str, list[float]]
 def bench_tokenizer(repeats: int, max_records: int | None, vocab_size: int) -> dict[str, Any]:
     """BPE training seconds and encode throughput over the corpus (see module doc)."""
     from router_pipelines.data.packing import pack_documents
-    from router_pipelines.data.prepare import record_texts
+    from router_pipelines.data.prepare import example_text, split_examples
+    from router_pipelines.data.sampling import TRAIN
     from router_pipelines.data.tokenizer import train_bpe_tokenizer
     from router_pipelines.pipelines.data_processing import nodes
 
     with tempfile.TemporaryDirectory() as cache_dir:
         params = data_params(cache_dir, max_records)
-        train, _ = nodes.split_corpus(nodes.ingest_corpus(str(RAW_PATH), params), params)
-    train_texts = record_texts(train)
+        corpus_split = nodes.split_corpus(nodes.ingest_corpus(params), params)
+        train_texts = [example_text(e) for e in split_examples(corpus_split, TRAIN)]
     train_times, tokenizer = [], None
     for _ in range(repeats):
         started = time.perf_counter()

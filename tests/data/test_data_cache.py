@@ -1,50 +1,61 @@
-"""Token cache: fingerprints, warm reuse without rebuilding, rebuild on change, atomic writes."""
+"""Token cache: fingerprints, warm reuse without reading the corpus, rebuilds, atomic writes."""
 
 from __future__ import annotations
 
 import json
 
-import pandas as pd
+import numpy as np
 import pytest
 from data_helpers import corpus_texts
 
 from router_pipelines.data import cache, prepare
 from router_pipelines.data.cache import digest_path, fingerprint
-from router_pipelines.data.prepare import fingerprint_inputs, prepare_token_data
+from router_pipelines.data.prepare import choose_splits, fingerprint_inputs, prepare_token_data
+from router_pipelines.data.sources import scan_corpus
+from router_pipelines.data.token_store import SplitWriter
 from router_pipelines.data.tokenizer import CHAT_TEMPLATE
 
-SMALL = {"seq_len": 16, "tokenizer": {"vocab_size": 300}}
-
-
-def _records(texts):
-    frame = pd.DataFrame({"text": texts})
-    frame.attrs["ingest"] = {"source": "mem", "records_read": len(texts), "records_skipped": 0}
-    return frame
+SMALL = {"seq_len": 16, "tokenizer": {"vocab_size": 300}, "validation_fraction": 0.1}
+CHAT = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
 
 
 @pytest.fixture
-def splits():
-    texts = corpus_texts(30)
-    return _records(texts[:27]), _records(texts[27:])
+def corpus_file(write_jsonl):
+    return write_jsonl([{"text": t} for t in corpus_texts(30)])
+
+
+@pytest.fixture
+def split_of(make_cfg):
+    """``(CorpusSplit, cfg)`` of a file under settings ``SMALL`` + overrides."""
+
+    def make(path, **overrides):
+        cfg = make_cfg(**{**SMALL, **overrides})
+        return choose_splits(scan_corpus(path, cfg), cfg), cfg
+
+    return make
 
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Count calls of the tokenizer training and tokenizing functions the cache may skip."""
-    calls = {"train": 0, "tokenize": 0}
-    train, tokenize = prepare.train_bpe_tokenizer, prepare.tokenize_records
+    """Count the tokenizer trainings and store writes the cache may skip."""
+    calls = {"train": 0, "stores": 0}
+    train, stores = prepare.train_bpe_tokenizer, prepare.write_token_stores
 
     def counting_train(*args, **kwargs):
         calls["train"] += 1
         return train(*args, **kwargs)
 
-    def counting_tokenize(*args, **kwargs):
-        calls["tokenize"] += 1
-        return tokenize(*args, **kwargs)
+    def counting_stores(*args, **kwargs):
+        calls["stores"] += 1
+        return stores(*args, **kwargs)
 
     monkeypatch.setattr(prepare, "train_bpe_tokenizer", counting_train)
-    monkeypatch.setattr(prepare, "tokenize_records", counting_tokenize)
+    monkeypatch.setattr(prepare, "write_token_stores", counting_stores)
     return calls
+
+
+def _entries(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 def test_fingerprint_is_stable_and_order_free():
@@ -61,35 +72,25 @@ def test_fingerprint_is_stable_and_order_free():
         {"seed": 1},
         {"max_records": 10},
         {"validation_fraction": 0.2},
+        {"text_field": ["text", "other"]},
         {"tokenizer": {"vocab_size": 301}},
         {"tokenizer": {"vocab_size": 300, "min_frequency": 3}},
         {"tokenizer": {"name_or_path": "gpt2"}},
     ],
 )
-def test_each_setting_changes_the_fingerprint(make_cfg, splits, change):
-    # Give the records both columns so only the setting differs between the two modes.
-    train, validation = (
-        frame.assign(messages=[[{"role": "user", "content": t}] for t in frame["text"]])
-        for frame in splits
-    )
-    base = fingerprint(fingerprint_inputs(train, validation, make_cfg(**SMALL)))
-    assert fingerprint(fingerprint_inputs(train, validation, make_cfg(**SMALL))) == base
-    changed = make_cfg(**{**SMALL, **change})
-    assert fingerprint(fingerprint_inputs(train, validation, changed)) != base
+def test_each_setting_changes_the_fingerprint(write_jsonl, split_of, change):
+    path = write_jsonl([{"text": t, "other": "x", "messages": CHAT} for t in corpus_texts(30)])
+    base = fingerprint(fingerprint_inputs(*split_of(path)))
+    assert fingerprint(fingerprint_inputs(*split_of(path))) == base
+    assert fingerprint(fingerprint_inputs(*split_of(path, num_proc=2))) == base  # same result
+    assert fingerprint(fingerprint_inputs(*split_of(path, **change))) != base
 
 
-def test_record_content_and_split_change_the_fingerprint(make_cfg, splits):
-    cfg = make_cfg(**SMALL)
-    train, validation = splits
-    base = fingerprint(fingerprint_inputs(train, validation, cfg))
-    edited = train.copy()
-    edited.loc[0, "text"] += "!"
-    assert fingerprint(fingerprint_inputs(edited, validation, cfg)) != base
-    moved = (
-        _records(train["text"].tolist()[1:]),
-        _records([train["text"][0], *validation["text"]]),
-    )
-    assert fingerprint(fingerprint_inputs(*moved, cfg)) != base
+def test_file_content_changes_the_fingerprint(write_jsonl, split_of):
+    texts = corpus_texts(30)
+    base = fingerprint(fingerprint_inputs(*split_of(write_jsonl([{"text": t} for t in texts]))))
+    edited = write_jsonl([{"text": t} for t in [texts[0] + "!", *texts[1:]]], name="b.jsonl")
+    assert fingerprint(fingerprint_inputs(*split_of(edited))) != base
 
 
 def test_digest_path_follows_file_bytes(tmp_path):
@@ -102,16 +103,21 @@ def test_digest_path_follows_file_bytes(tmp_path):
     assert digest_path(file) != before
 
 
-def test_warm_run_reuses_the_cache_without_building(make_cfg, splits, tmp_path, counted):
-    cfg = make_cfg(**SMALL, cache_dir=str(tmp_path / "cache"))
-    cold = prepare_token_data(*splits, cfg)
-    assert not cold.cache_hit and counted == {"train": 1, "tokenize": 2}
-    warm = prepare_token_data(*splits, cfg)
-    assert warm.cache_hit and counted == {"train": 1, "tokenize": 2}  # nothing rebuilt
-    assert warm.fingerprint == cold.fingerprint
-    pd.testing.assert_frame_equal(warm.train, cold.train)
-    pd.testing.assert_frame_equal(warm.validation, cold.validation)
-    assert type(warm.train["input_ids"][0]) is list
+def test_warm_run_reads_only_the_entry(corpus_file, split_of, tmp_path, counted, monkeypatch):
+    split, cfg = split_of(corpus_file, cache_dir=str(tmp_path / "cache"))
+    cold = prepare_token_data(split, cfg)
+    assert not cold.cache_hit and counted == {"train": 1, "stores": 1}
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a cache hit must not read the corpus")
+
+    monkeypatch.setattr(prepare, "iter_examples", no_reading)
+    warm = prepare_token_data(split, cfg)
+    assert warm.cache_hit and counted == {"train": 1, "stores": 1}  # nothing rebuilt
+    assert warm.fingerprint == cold.fingerprint == warm.train.fingerprint
+    assert isinstance(warm.train.input_ids, np.memmap)
+    np.testing.assert_array_equal(warm.train.input_ids, cold.train.input_ids)
+    np.testing.assert_array_equal(warm.validation.labels, cold.validation.labels)
     assert warm.tokenizer.get_vocab() == cold.tokenizer.get_vocab()
     assert warm.tokenizer.pad_token == "<|pad|>"
     meta = json.loads((tmp_path / "cache" / cold.fingerprint / "meta.json").read_text())
@@ -121,90 +127,130 @@ def test_warm_run_reuses_the_cache_without_building(make_cfg, splits, tmp_path, 
     assert meta["created"].endswith("Z")
 
 
-def test_changed_seq_len_or_content_rebuilds(make_cfg, splits, tmp_path, counted):
-    cfg = make_cfg(**SMALL, cache_dir=str(tmp_path))
-    prepare_token_data(*splits, cfg)
+def test_changed_seq_len_or_content_rebuilds(corpus_file, write_jsonl, split_of, tmp_path, counted):
+    split, cfg = split_of(corpus_file, cache_dir=str(tmp_path / "cache"))
+    prepare_token_data(split, cfg)
     longer = prepare_token_data(
-        *splits, make_cfg(**{**SMALL, "seq_len": 24}, cache_dir=str(tmp_path))
+        *split_of(corpus_file, seq_len=24, cache_dir=str(tmp_path / "cache"))
     )
     assert not longer.cache_hit and counted["train"] == 2
-    assert len(longer.train["input_ids"][0]) == 24
-    train, validation = splits
-    edited = _records([t + " More." for t in train["text"]])
-    assert not prepare_token_data(edited, validation, cfg).cache_hit
+    assert longer.train.seq_len == 24
+    edited = write_jsonl([{"text": t + " More."} for t in corpus_texts(30)], name="edited.jsonl")
+    assert not prepare_token_data(*split_of(edited, cache_dir=str(tmp_path / "cache"))).cache_hit
     assert counted["train"] == 3
-    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 3
+    assert len(_entries(tmp_path / "cache")) == 3
 
 
-def test_failed_write_leaves_no_partial_entry(make_cfg, splits, tmp_path, monkeypatch):
-    cfg = make_cfg(**SMALL, cache_dir=str(tmp_path))
+def test_a_crash_while_sealing_leaves_no_entry(corpus_file, split_of, tmp_path, monkeypatch):
+    split, cfg = split_of(corpus_file, cache_dir=str(tmp_path / "cache"))
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing")
 
     monkeypatch.setattr(cache, "_write_meta", crash)
     with pytest.raises(KeyboardInterrupt):
-        prepare_token_data(*splits, cfg)
-    assert list(tmp_path.iterdir()) == []  # neither the entry nor its staging folder
+        prepare_token_data(split, cfg)
+    assert _entries(tmp_path / "cache") == []  # neither the entry nor its staging folder
     monkeypatch.undo()
-    assert not prepare_token_data(*splits, cfg).cache_hit
+    assert not prepare_token_data(split, cfg).cache_hit
 
 
-def test_failed_build_writes_nothing(make_cfg, splits, tmp_path, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("tokenizer exploded")
+def test_a_build_killed_part_way_leaves_no_entry(corpus_file, split_of, tmp_path, monkeypatch):
+    split, cfg = split_of(corpus_file, cache_dir=str(tmp_path / "cache"))
+    monkeypatch.setattr(prepare, "CHUNK_RECORDS", {"pretraining": 3, "instruction": 3})
+    appended = []
+    original = SplitWriter.append
 
-    monkeypatch.setattr(prepare, "tokenize_records", broken)
-    with pytest.raises(RuntimeError, match="exploded"):
-        prepare_token_data(*splits, make_cfg(**SMALL, cache_dir=str(tmp_path / "c")))
-    assert not (tmp_path / "c").exists() or list((tmp_path / "c").iterdir()) == []
+    def killed_on_third_chunk(self, *args, **kwargs):
+        appended.append(self.folder.name)
+        if len(appended) == 3:
+            raise KeyboardInterrupt("killed mid-stream")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SplitWriter, "append", killed_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_token_data(split, cfg)
+    assert _entries(tmp_path / "cache") == []
+    monkeypatch.undo()
+    fresh = prepare_token_data(split, cfg)
+    assert not fresh.cache_hit and len(fresh.train) > 0
 
 
-def test_entry_with_a_foreign_meta_is_ignored(make_cfg, splits, tmp_path, counted):
-    cfg = make_cfg(**SMALL, cache_dir=str(tmp_path))
-    key = prepare_token_data(*splits, cfg).fingerprint
-    meta_path = tmp_path / key / "meta.json"
-    meta_path.write_text(json.dumps({"fingerprint": "something else"}))
-    assert cache.load_cached(tmp_path, key) is None
+def test_entry_with_a_foreign_or_old_meta_is_ignored(corpus_file, split_of, tmp_path):
+    split, cfg = split_of(corpus_file, cache_dir=str(tmp_path / "cache"))
+    key = prepare_token_data(split, cfg).fingerprint
+    meta_path = tmp_path / "cache" / key / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "fingerprint": "something else"}))
+    assert cache.load_entry(tmp_path / "cache", key) is None
+    meta_path.write_text(json.dumps({**meta, "store_format": 1}))  # a parquet-era entry
+    assert cache.load_entry(tmp_path / "cache", key) is None
+    rebuilt = prepare_token_data(split, cfg)  # replaces the stale entry
+    assert not rebuilt.cache_hit and cache.load_entry(tmp_path / "cache", key) is not None
 
 
-def test_empty_validation_split_round_trips(make_cfg, splits, tmp_path):
-    cfg = make_cfg(**SMALL, validation_fraction=0.0, cache_dir=str(tmp_path))
-    train, _ = splits
-    cold = prepare_token_data(train, train.iloc[:0], cfg)
-    warm = prepare_token_data(train, train.iloc[:0], cfg)
+def test_empty_validation_split_round_trips(corpus_file, split_of, tmp_path):
+    split, cfg = split_of(corpus_file, validation_fraction=0.0, cache_dir=str(tmp_path / "cache"))
+    cold = prepare_token_data(split, cfg)
+    warm = prepare_token_data(split, cfg)
     assert warm.cache_hit and len(warm.validation) == len(cold.validation) == 0
-    assert list(warm.validation.columns) == ["input_ids", "labels", "attention_mask"]
+    assert warm.validation.seq_len == 16
+
+
+def test_a_validation_split_without_a_block_is_refused_before_any_entry(
+    write_jsonl, split_of, tmp_path
+):
+    path = write_jsonl([{"text": t} for t in corpus_texts(30)])
+    split, cfg = split_of(
+        path, validation_fraction=0.04, seq_len=200, cache_dir=str(tmp_path / "cache")
+    )
+    with pytest.raises(ValueError) as err:
+        prepare_token_data(split, cfg)
+    message = str(err.value)
+    assert message.startswith("data.validation_fraction / data.seq_len: the validation split (1")
+    assert "seq_len=200" in message
+    assert _entries(tmp_path / "cache") == []
+
+
+def test_too_little_text_for_one_train_block(write_jsonl, split_of, tmp_path):
+    path = write_jsonl([{"text": "hi there"}, {"text": "and more"}])
+    split, cfg = split_of(
+        path, validation_fraction=0.0, seq_len=64, cache_dir=str(tmp_path / "cache")
+    )
+    with pytest.raises(ValueError, match=r"^data\.seq_len: the train split \(2 document\(s\)\)"):
+        prepare_token_data(split, cfg)
+    assert _entries(tmp_path / "cache") == []
 
 
 def test_pretrained_tokenizer_by_path_is_loaded_not_trained(
-    make_cfg, splits, tmp_path, counted, bpe_tokenizer
+    corpus_file, split_of, tmp_path, counted, bpe_tokenizer
 ):
     folder = tmp_path / "pretrained"
     bpe_tokenizer.save_pretrained(folder)
-    cfg = make_cfg(
-        **{**SMALL, "tokenizer": {"name_or_path": str(folder)}}, cache_dir=str(tmp_path / "c")
+    split, cfg = split_of(
+        corpus_file, tokenizer={"name_or_path": str(folder)}, cache_dir=str(tmp_path / "c")
     )
-    result = prepare_token_data(*splits, cfg)
+    result = prepare_token_data(split, cfg)
     assert counted["train"] == 0
     assert result.tokenizer.get_vocab() == bpe_tokenizer.get_vocab()
     assert result.meta["inputs"]["tokenizer"]["files"] == digest_path(folder)
 
 
 def test_pretrained_tokenizer_without_template_gets_ours_in_instruction_mode(
-    make_cfg, tmp_path, bpe_tokenizer
+    write_jsonl, split_of, tmp_path, bpe_tokenizer
 ):
     folder = tmp_path / "no_template"
     bpe_tokenizer.save_pretrained(folder)
     (folder / "chat_template.jinja").unlink()
-    chat = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
-    records = pd.DataFrame({"messages": [chat] * 3})
-    cfg = make_cfg(
+    path = write_jsonl([{"messages": CHAT}] * 3)
+    split, cfg = split_of(
+        path,
         mode="instruction",
         seq_len=32,
+        validation_fraction=0.0,
         tokenizer={"name_or_path": str(folder)},
         cache_dir=str(tmp_path / "c"),
     )
-    result = prepare_token_data(records, records.iloc[:0], cfg)
+    result = prepare_token_data(split, cfg)
     assert result.tokenizer.chat_template == CHAT_TEMPLATE
     assert len(result.train) == 3

@@ -11,7 +11,15 @@ import json
 import datasets
 import pytest
 
-from router_pipelines.data.sources import HUB_PRESETS, load_hub_records, resolve_hub_dataset
+from router_pipelines.data.hub import (
+    HUB_PRESETS,
+    STAGING_DIR,
+    load_hub_records,
+    resolve_hub_dataset,
+    scan_hub_dataset,
+)
+from router_pipelines.data.prepare import choose_splits, prepare_token_data
+from router_pipelines.data.sources import iter_examples
 
 
 @pytest.fixture
@@ -118,3 +126,40 @@ def test_ptb_reads_the_sentence_field(recorded_load, make_cfg):
     assert load_hub_records(make_cfg(hub_dataset="ptb"))["text"].tolist() == [
         "the <unk> market fell"
     ]
+
+
+def test_a_streamed_dataset_is_spilled_once_then_read_like_a_file(hub_folder, make_cfg, tmp_path):
+    cfg = make_cfg(
+        hub_dataset=str(hub_folder),
+        streaming=True,
+        max_records=7,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    corpus = scan_hub_dataset(cfg)
+    staged = list((tmp_path / "cache" / STAGING_DIR).iterdir())
+    assert [p.suffix for p in staged] == [".jsonl"] and corpus.path == str(staged[0])
+    assert corpus.source == f"{hub_folder}[default/train]"
+    assert (corpus.records, corpus.records_read, corpus.hub["streaming"]) == (7, 7, True)
+    texts = [example["text"] for example in iter_examples(corpus)]  # from the local file
+    assert len(texts) == 7 and all(t.startswith("document ") for t in texts)
+
+
+def test_hub_rows_become_token_stores(hub_folder, make_cfg, tmp_path):
+    cfg = make_cfg(
+        hub_dataset=str(hub_folder),
+        streaming=True,
+        max_records=10,
+        validation_fraction=0.2,
+        seq_len=8,
+        tokenizer={"vocab_size": 280},
+        cache_dir=str(tmp_path / "cache"),
+    )
+    tokens = prepare_token_data(choose_splits(scan_hub_dataset(cfg), cfg), cfg)
+    assert len(tokens.train) > 0 and len(tokens.validation) > 0
+    assert tokens.meta["inputs"]["corpus"]["hub"]["path"] == str(hub_folder)
+
+
+def test_a_hub_problem_names_the_dataset_and_row(recorded_load, make_cfg, tmp_path):
+    recorded_load([{"text": "a fine row"}, {"text": ""}, {"text": "another one"}])
+    with pytest.raises(ValueError, match=r"allenai/c4\[en/train\]:2: field 'text' is empty"):
+        scan_hub_dataset(make_cfg(hub_dataset="c4", max_records=3, cache_dir=str(tmp_path)))

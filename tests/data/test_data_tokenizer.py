@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from data_helpers import corpus_texts
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -11,6 +12,7 @@ from router_pipelines.data.tokenizer import (
     SPECIAL_TOKENS,
     ensure_pad_token,
     has_generation_tags,
+    token_byte_lengths,
     train_bpe_tokenizer,
 )
 
@@ -90,3 +92,42 @@ def test_ensure_pad_token_reuses_eos_or_adds_one(tmp_path, bpe_tokenizer):
     bare.eos_token = None
     ensure_pad_token(bare)
     assert bare.pad_token == "<|pad|>" and bare.pad_token_id == 2
+
+
+def test_training_from_a_stream_equals_training_from_a_list():
+    streamed = train_bpe_tokenizer((text for text in corpus_texts()), 300, 2, length=40)
+    assert streamed.get_vocab() == train_bpe_tokenizer(corpus_texts(), 300, 2).get_vocab()
+    with pytest.raises(ValueError, match="empty train split"):
+        train_bpe_tokenizer(iter([]), 300, 2)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The quick brown fox jumps over the lazy dog.",
+        "  indented\n\ttabs, newlines\r\n and trailing space ",
+        "café ünïcode ∑ 😀 — 日本語のテキスト",  # multi-byte characters, split into bytes
+        "Document 7. Tuples are written with commas between items.",
+    ],
+)
+def test_byte_lengths_of_a_texts_ids_sum_to_its_utf8_length(bpe_tokenizer, text):
+    lengths = token_byte_lengths(bpe_tokenizer)
+    ids = bpe_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert 0 < len(ids) <= len(text.encode("utf-8"))
+    assert int(lengths[ids].sum()) == len(text.encode("utf-8"))
+
+
+def test_byte_lengths_table(bpe_tokenizer):
+    lengths = token_byte_lengths(bpe_tokenizer)
+    assert lengths.dtype == np.int64 and lengths.shape == (len(bpe_tokenizer),)
+    assert lengths[: len(SPECIAL_TOKENS)].tolist() == [0] * len(SPECIAL_TOKENS)
+    single_bytes = [bpe_tokenizer.convert_tokens_to_ids(c) for c in ("a", "Ġ", "Ã")]
+    assert lengths[single_bytes].tolist() == [1, 1, 1]  # "Ġ" is the space byte, "Ã" 0xC3
+    assert lengths.max() > 3  # merged tokens
+
+
+def test_byte_lengths_of_a_non_byte_level_tokenizer_decode_each_token(char_tokenizer):
+    lengths = token_byte_lengths(char_tokenizer)
+    assert lengths.tolist() == [0, 0] + [1] * 26  # <pad>, <eos> are special; a..z one byte
+    ids = char_tokenizer("hello", add_special_tokens=False)["input_ids"]
+    assert int(lengths[ids].sum()) == 5

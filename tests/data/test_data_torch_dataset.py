@@ -1,12 +1,17 @@
-"""TokenBlockDataset: one contiguous LongTensor, dict items of shape (T,)."""
+"""TokenBlockDataset: dict items of shape (T,), read from the store on demand, batched fetch."""
 
 from __future__ import annotations
 
+import json
+import tracemalloc
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from router_pipelines.data.token_store import BLOCKS_FILE, STORE_FORMAT_VERSION, TokenBlocks
 from router_pipelines.data.torch_dataset import TokenBlockDataset
 
 
@@ -21,6 +26,29 @@ def _frame(n: int, seq_len: int) -> pd.DataFrame:
     )
 
 
+def _huge_store(folder, rows: int, seq_len: int) -> None:
+    """A pretraining store of ``rows`` blocks, a sparse file (no disk writes): row r is r % 65536."""
+    folder.mkdir()
+    ids = np.lib.format.open_memmap(
+        folder / "input_ids.npy", mode="w+", dtype=np.uint16, shape=(rows, seq_len)
+    )
+    for row in (0, 7, rows - 1):
+        ids[row] = row % 65536
+    ids.flush()
+    del ids
+    info = {
+        "format": STORE_FORMAT_VERSION,
+        "fingerprint": "f" * 64,
+        "split": "train",
+        "rows": rows,
+        "seq_len": seq_len,
+        "tokens": rows * seq_len,
+        "supervised_tokens": rows * seq_len,
+        "arrays": {"input_ids": "uint16"},
+    }
+    (folder / BLOCKS_FILE).write_text(json.dumps(info))
+
+
 def test_items_are_long_tensors_of_seq_len():
     dataset = TokenBlockDataset(_frame(3, 5))
     assert len(dataset) == 3 and dataset.seq_len == 5
@@ -30,21 +58,59 @@ def test_items_are_long_tensors_of_seq_len():
     torch.testing.assert_close(item["labels"], torch.tensor([-100, 101, 102, 103, 104]))
     torch.testing.assert_close(item["attention_mask"], torch.tensor([1, 1, 1, 1, 0]))
     assert all(t.dtype == torch.long and t.shape == (5,) for t in item.values())
+    with pytest.raises(IndexError, match="out of range"):
+        dataset[3]
 
 
-def test_storage_is_one_contiguous_tensor():
+def test_batched_fetch_equals_item_by_item():
+    dataset = TokenBlockDataset(_frame(6, 4))
+    indices = [5, 0, 3, 3]
+    batched = dataset.__getitems__(indices)
+    assert len(batched) == 4
+    for got, index in zip(batched, indices, strict=True):
+        for name, tensor in dataset[index].items():
+            torch.testing.assert_close(got[name], tensor)
+
+
+def test_default_collate_stacks_batches_through_getitems(monkeypatch):
     dataset = TokenBlockDataset(_frame(4, 6))
-    assert dataset.blocks.shape == (4, 3, 6) and dataset.blocks.is_contiguous()
-    item = dataset[2]
-    assert (
-        item["input_ids"].untyped_storage().data_ptr()
-        == dataset.blocks.untyped_storage().data_ptr()
+    calls = []
+    original = TokenBlockDataset.__getitems__
+    monkeypatch.setattr(
+        TokenBlockDataset,
+        "__getitems__",
+        lambda self, idx: calls.append(list(idx)) or original(self, idx),
     )
-
-
-def test_default_collate_stacks_batches():
-    batch = next(iter(DataLoader(TokenBlockDataset(_frame(4, 6)), batch_size=2)))
+    batch = next(iter(DataLoader(dataset, batch_size=2)))
+    assert calls == [[0, 1]]  # one gather per batch, not one read per item
     assert batch["input_ids"].shape == (2, 6) and batch["labels"].dtype == torch.long
+    assert batch["input_ids"][1].tolist() == [100, 101, 102, 103, 104, 105]
+
+
+def test_pretraining_store_gives_labels_equal_to_ids_and_full_attention():
+    ids = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    item = TokenBlockDataset(TokenBlocks.from_arrays(ids))[2]
+    assert item["input_ids"].tolist() == [8, 9, 10, 11]
+    assert item["labels"].tolist() == [8, 9, 10, 11]
+    assert item["labels"].data_ptr() != item["input_ids"].data_ptr()  # no shared storage
+    assert item["attention_mask"].tolist() == [1, 1, 1, 1]
+
+
+def test_a_store_far_larger_than_what_is_read_is_not_loaded(tmp_path):
+    rows, seq_len = 1_000_000, 64  # 128 MB of ids on disk (a sparse file)
+    _huge_store(tmp_path / "train", rows, seq_len)
+    tracemalloc.start()
+    try:
+        blocks = TokenBlocks.open(tmp_path / "train")
+        dataset = TokenBlockDataset(blocks)
+        batch = next(iter(DataLoader(dataset, batch_size=8, sampler=[rows - 1, 7, 0, 1] * 2)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(blocks.input_ids, np.memmap)
+    assert len(dataset) == rows
+    assert batch["input_ids"][:, 0].tolist() == [(rows - 1) % 65536, 7, 0, 0] * 2
+    assert peak < 2_000_000, f"{peak} bytes traced: the store was read, not indexed"
 
 
 def test_bad_frames_are_rejected():
@@ -56,6 +122,8 @@ def test_bad_frames_are_rejected():
         TokenBlockDataset(ragged)
     with pytest.raises(ValueError, match="rows have 4 tokens, not 8"):
         TokenBlockDataset(_frame(2, 4), seq_len=8)
+    with pytest.raises(ValueError, match="expected TokenBlocks or a DataFrame"):
+        TokenBlockDataset([[1, 2, 3]])
 
 
 def test_empty_frame_gives_an_empty_dataset():

@@ -1,46 +1,51 @@
-"""Data layer: read, validate, sample, tokenize, pack and cache corpora (no Kedro here)."""
+"""Data layer: read, validate, sample, tokenize, pack and store corpora (no Kedro here).
 
-from router_pipelines.data.cache import CachedTokens, fingerprint, load_or_build
-from router_pipelines.data.config import DataConfig, TokenizerConfig
-from router_pipelines.data.packing import IGNORE_INDEX, tokenize_records
-from router_pipelines.data.prepare import TokenData, prepare_token_data
-from router_pipelines.data.sampling import subsample, train_validation_split
-from router_pipelines.data.sources import (
-    HUB_PRESETS,
-    load_hub_records,
-    read_records,
-    resolve_hub_dataset,
-)
-from router_pipelines.data.tokenizer import (
-    CHAT_TEMPLATE,
-    ensure_pad_token,
-    load_pretrained_tokenizer,
-    train_bpe_tokenizer,
-)
-from router_pipelines.data.torch_dataset import TokenBlockDataset
-from router_pipelines.data.validation import DataValidationError, Problem
+Names are imported lazily (PEP 562): a tokenizing worker process imports only the light module
+it needs (:mod:`router_pipelines.data.encoding`), not transformers and pandas through this file.
+"""
 
-__all__ = [
-    "CHAT_TEMPLATE",
-    "HUB_PRESETS",
-    "IGNORE_INDEX",
-    "CachedTokens",
-    "DataConfig",
-    "DataValidationError",
-    "Problem",
-    "TokenBlockDataset",
-    "TokenData",
-    "TokenizerConfig",
-    "ensure_pad_token",
-    "fingerprint",
-    "load_hub_records",
-    "load_or_build",
-    "load_pretrained_tokenizer",
-    "prepare_token_data",
-    "read_records",
-    "resolve_hub_dataset",
-    "subsample",
-    "tokenize_records",
-    "train_bpe_tokenizer",
-    "train_validation_split",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "CHAT_TEMPLATE": "tokenizer",
+    "HUB_PRESETS": "hub",
+    "IGNORE_INDEX": "packing",
+    "CorpusSource": "sources",
+    "CorpusSplit": "prepare",
+    "DataConfig": "config",
+    "DataValidationError": "validation",
+    "Problem": "validation",
+    "TokenBlockDataset": "torch_dataset",
+    "TokenBlocks": "token_store",
+    "TokenData": "prepare",
+    "TokenizerConfig": "config",
+    "ensure_pad_token": "tokenizer",
+    "fingerprint": "cache",
+    "load_hub_records": "hub",
+    "load_pretrained_tokenizer": "tokenizer",
+    "prepare_token_data": "prepare",
+    "read_records": "sources",
+    "resolve_hub_dataset": "hub",
+    "scan_corpus": "sources",
+    "choose_splits": "prepare",
+    "subsample": "sampling",
+    "token_byte_lengths": "tokenizer",
+    "train_bpe_tokenizer": "tokenizer",
+    "train_validation_split": "sampling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from router_pipelines.config import check_choice, check_positive
+from router_pipelines.config import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_int,
+    check_non_empty_str,
+    check_optional_int,
+)
 
 FORMATS = ("auto", "jsonl", "chat_jsonl", "parquet", "text")
 MODES = ("pretraining", "instruction")
@@ -23,27 +31,17 @@ class TokenizerConfig:
     trust_remote_code: bool = False  # pretrained only: run code shipped with the tokenizer
 
     def __post_init__(self) -> None:
-        if self.name_or_path is not None and (
-            not isinstance(self.name_or_path, str) or not self.name_or_path.strip()
-        ):
-            raise ValueError(
-                f"name_or_path: expected a non-empty string or null, got {self.name_or_path!r}"
-            )
-        _check_int("vocab_size", self.vocab_size)
-        if self.vocab_size < MIN_BPE_VOCAB:
-            raise ValueError(
-                f"vocab_size: must be >= {MIN_BPE_VOCAB} (256 bytes + special tokens), "
-                f"got {self.vocab_size}"
-            )
-        _check_int("min_frequency", self.min_frequency)
-        check_positive("min_frequency", self.min_frequency)
-        _check_bool("trust_remote_code", self.trust_remote_code)
+        check_non_empty_str("name_or_path", self.name_or_path, optional=True)
+        check_int("vocab_size", self.vocab_size, minimum=MIN_BPE_VOCAB)
+        check_int("min_frequency", self.min_frequency, minimum=1)
+        check_bool("trust_remote_code", self.trust_remote_code)
 
 
 @dataclass
 class DataConfig:
     """Where the corpus comes from and how it becomes fixed-length token blocks."""
 
+    raw_path: str = "data/01_raw/python_docs.jsonl"  # the local corpus (unless hub_dataset)
     format: str = "auto"  # auto (from the file suffix) | jsonl | chat_jsonl | parquet | text
     hub_dataset: str | None = None  # c4 | wikitext2 | ptb | pileval | any hub id or local folder
     hub_subset: str | None = None  # dataset config name; None = the preset's or the default
@@ -59,42 +57,38 @@ class DataConfig:
     seq_len: int = 256  # tokens per block / per padded conversation
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     cache_dir: str = "data/04_feature/token_cache"
+    num_proc: int | None = None  # worker processes that tokenize chunks; None = 1 (in-process)
 
     def __post_init__(self) -> None:
+        check_non_empty_str("raw_path", self.raw_path)
         check_choice("format", self.format, FORMATS)
         check_choice("mode", self.mode, MODES)
         check_choice("on_invalid", self.on_invalid, POLICIES)
-        for key in ("hub_dataset", "hub_subset"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ValueError(f"{key}: expected a non-empty string or null, got {value!r}")
+        check_non_empty_str("hub_dataset", self.hub_dataset, optional=True)
+        check_non_empty_str("hub_subset", self.hub_subset, optional=True)
         if self.hub_split is not None and (
             not isinstance(self.hub_split, str) or not self.hub_split
         ):
             raise ValueError(f"hub_split: expected a split name or null, got {self.hub_split!r}")
         if self.streaming is not None:
-            _check_bool("streaming", self.streaming)
-        _check_bool("hub_trust_remote_code", self.hub_trust_remote_code)
+            check_bool("streaming", self.streaming)
+        check_bool("hub_trust_remote_code", self.hub_trust_remote_code)
         self._check_text_field()
-        if self.max_records is not None:
-            _check_int("max_records", self.max_records)
-            check_positive("max_records", self.max_records)
-        _check_int("seed", self.seed)
-        check_positive("seed", self.seed, allow_zero=True)
-        check_positive("validation_fraction", self.validation_fraction, allow_zero=True)
-        if self.validation_fraction >= 1:
-            raise ValueError(
-                f"validation_fraction: must be in [0, 1), got {self.validation_fraction!r}"
-            )
-        _check_int("seq_len", self.seq_len)
-        if self.seq_len < 2:
-            raise ValueError(f"seq_len: must be >= 2, got {self.seq_len!r}")
+        check_optional_int("max_records", self.max_records, minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        check_fraction("validation_fraction", self.validation_fraction)
+        check_int("seq_len", self.seq_len, minimum=2)
+        check_optional_int("num_proc", self.num_proc, minimum=1)
         if not isinstance(self.tokenizer, TokenizerConfig):
             raise ValueError(
                 f"tokenizer: expected a mapping of tokenizer settings, got {self.tokenizer!r}"
             )
-        if not isinstance(self.cache_dir, str) or not self.cache_dir:
-            raise ValueError(f"cache_dir: expected a folder path, got {self.cache_dir!r}")
+        check_non_empty_str("cache_dir", self.cache_dir)
+        if Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
+            raise ValueError(
+                f"cache_dir: {self.cache_dir!r} exists and is a file, not a folder; "
+                "point data.cache_dir at a folder (it is created if missing)"
+            )
         if self.format == "text" and self.mode == "instruction":
             raise ValueError(
                 "format: 'text' files hold plain documents and cannot feed mode 'instruction'; "
@@ -105,6 +99,11 @@ class DataConfig:
     def text_fields(self) -> list[str]:
         """``text_field`` as a list."""
         return [self.text_field] if isinstance(self.text_field, str) else list(self.text_field)
+
+    @property
+    def workers(self) -> int:
+        """``num_proc`` with ``None`` read as 1."""
+        return self.num_proc or 1
 
     def _check_text_field(self) -> None:
         fields = self.text_field if isinstance(self.text_field, list) else [self.text_field]
@@ -120,13 +119,3 @@ class DataConfig:
                 "text_field: in instruction mode a list needs >= 2 fields "
                 f"(user fields..., assistant field), got {self.text_field!r}"
             )
-
-
-def _check_int(key: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key}: expected an integer, got {value!r}")
-
-
-def _check_bool(key: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{key}: expected true or false, got {value!r}")

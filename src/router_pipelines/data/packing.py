@@ -1,74 +1,36 @@
-"""Tokenize records into fixed-length rows of ``input_ids``, ``labels``, ``attention_mask``.
+"""Tokenize examples into fixed-length rows of ``input_ids``, ``labels``, ``attention_mask``.
 
 * Pretraining: documents are tokenized in batches, each followed by EOS, concatenated and cut
   into ``seq_len`` blocks; the ragged tail is dropped. Every position is attended and labelled.
+  The streaming pipeline does this chunk by chunk (:class:`~.encoding.BlockPacker`);
+  :func:`pack_documents` is the same on an in-memory list.
 * Instruction: each chat goes through the tokenizer's chat template; labels keep only assistant
   tokens (the rest is ``-100``); each row is truncated or right-padded to ``seq_len`` with
   ``attention_mask`` 0 and label ``-100`` on padding.
 
 Labels equal ``input_ids`` wherever they are not masked: the model shifts them internally
-(Hugging Face convention).
+(Hugging Face convention). Rows are ``(N, T)`` int64 arrays.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from transformers import PreTrainedTokenizerBase
 
+from router_pipelines.constants import IGNORE_INDEX
+from router_pipelines.data.encoding import BlockPacker, TextEncoder, flatten_with_eos
 from router_pipelines.data.tokenizer import has_generation_tags
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
-IGNORE_INDEX = -100  # the label PyTorch's cross-entropy skips
+__all__ = ["IGNORE_INDEX", "encode_conversations", "pack_documents"]
+
 COLUMNS = ("input_ids", "labels", "attention_mask")
 Chat = Sequence[Mapping[str, str]]
-
-
-def tokenize_records(
-    tokenizer: PreTrainedTokenizerBase,
-    records: pd.DataFrame,
-    mode: str,
-    seq_len: int,
-    name: str = "records",
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Tokenize a record frame (``text`` or ``messages`` column) for ``mode``.
-
-    ``name`` (e.g. ``"validation split"``) is used in error messages.
-
-    Returns:
-        ``(rows, stats)``: rows as in :func:`pack_documents` / :func:`encode_conversations`;
-        stats counts examples, rows, attended tokens, supervised tokens, truncated and dropped
-        examples.
-    """
-    if len(records) == 0:  # e.g. validation_fraction 0
-        empty = np.zeros((0, seq_len), dtype=np.int64)
-        frame = _frame(empty, empty, empty)
-        truncated = dropped = 0
-    elif mode == "pretraining":
-        frame = pack_documents(tokenizer, records["text"].tolist(), seq_len, name=name)
-        truncated = dropped = 0
-    elif mode == "instruction":
-        frame, truncated, dropped = encode_conversations(
-            tokenizer, records["messages"].tolist(), seq_len
-        )
-    else:
-        raise ValueError(f"mode: {mode!r} is not allowed; choose one of pretraining, instruction")
-    labels = np.asarray(frame["labels"].tolist(), dtype=np.int64).reshape(len(frame), seq_len)
-    attention = np.asarray(frame["attention_mask"].tolist(), dtype=np.int64)
-    stats = {
-        "examples": len(records),
-        "rows": len(frame),
-        "tokens": int(attention.sum()),
-        "supervised_tokens": int((labels != IGNORE_INDEX).sum()),
-        "truncated": truncated,
-        "dropped": dropped,
-    }
-    return frame, stats
+Rows = tuple[np.ndarray, np.ndarray, np.ndarray]  # input_ids, labels, attention_mask: (N, T)
 
 
 def pack_documents(
@@ -77,54 +39,58 @@ def pack_documents(
     seq_len: int,
     batch_size: int = 1024,
     name: str = "texts",
-) -> pd.DataFrame:
+) -> np.ndarray:
     """Concatenate ``doc + EOS`` for every text and cut into blocks of ``seq_len`` tokens.
 
     Returns:
-        ``n_blocks`` rows; each column holds lists of ``seq_len`` ints. ``labels`` equal
-        ``input_ids``; ``attention_mask`` is all ones.
+        ``(n_blocks, seq_len)`` int64 token ids; as labels they are the same, and every
+        position is attended.
 
     Raises:
         ValueError: the tokenizer has no EOS token, or the texts make less than one block.
     """
+    eos = require_eos(tokenizer)
+    encoder = TextEncoder(tokenizer)
+    packer = BlockPacker(seq_len, np.dtype(np.int64))
+    blocks = [
+        packer.add(flat_ids(encoder, texts[start : start + batch_size], eos))
+        for start in range(0, len(texts), batch_size)
+    ]
+    if not blocks or sum(len(b) for b in blocks) == 0:
+        raise ValueError(too_few_tokens(name, len(texts), packer.tokens, seq_len))
+    return np.concatenate(blocks)  # (N, T)
+
+
+def flat_ids(encoder: TextEncoder, texts: Sequence[str], eos: int) -> np.ndarray:
+    """``doc + EOS`` ids of ``texts``, concatenated, int64."""
+    return flatten_with_eos(encoder(list(texts)), eos, np.dtype(np.int64))
+
+
+def require_eos(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The EOS id that joins documents.
+
+    Raises:
+        ValueError: the tokenizer has none.
+    """
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no eos_token to join documents")
-    pieces = []
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start : start + batch_size])
-        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-            pieces.append(ids)
-            pieces.append((eos,))
-    flat = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64)
-    n_blocks = len(flat) // seq_len
-    if n_blocks == 0:
-        raise ValueError(
-            f"seq_len: the {name} ({len(texts)} document(s)) gives {len(flat)} tokens, fewer "
-            f"than one block of seq_len={seq_len}; lower seq_len or give it more data"
-        )
-    blocks = flat[: n_blocks * seq_len].reshape(n_blocks, seq_len)  # (N, T)
-    return _frame(blocks, blocks.copy(), np.ones_like(blocks))
+    return eos
 
 
-def encode_conversations(
-    tokenizer: PreTrainedTokenizerBase,
-    conversations: Sequence[Chat],
-    seq_len: int,
-    batch_size: int = 256,
-) -> tuple[pd.DataFrame, int, int]:
-    """Apply the chat template and keep labels on assistant tokens only.
+def too_few_tokens(name: str, documents: int, tokens: int, seq_len: int) -> str:
+    """The message for a split that gives less than one block."""
+    return (
+        f"seq_len: the {name} ({documents} document(s)) gives {tokens} tokens, fewer "
+        f"than one block of seq_len={seq_len}; lower seq_len or give it more data"
+    )
 
-    Conversations longer than ``seq_len`` are truncated (the start is kept); those left with
-    no assistant token are dropped, since they would give a batch row with nothing to learn.
 
-    Returns:
-        ``(rows, n_truncated, n_dropped)``; rows as in :func:`pack_documents` but right-padded
-        with ``pad_token_id``, ``attention_mask`` 0 and label ``-100`` on padding.
+def check_instruction_tokenizer(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Instruction mode needs a fast tokenizer (offsets), a chat template and a pad token.
 
     Raises:
-        ValueError: the tokenizer is not fast (offsets are needed), has no chat template or no
-            pad token.
+        ValueError: naming the tokenizer and what it lacks.
     """
     name = tokenizer.name_or_path
     if not getattr(tokenizer, "is_fast", False):
@@ -133,6 +99,28 @@ def encode_conversations(
         raise ValueError(f"tokenizer {name!r} has no chat template for instruction mode")
     if tokenizer.pad_token_id is None:
         raise ValueError(f"tokenizer {name!r} has no pad token")
+
+
+def encode_conversations(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Chat],
+    seq_len: int,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Apply the chat template and keep labels on assistant tokens only.
+
+    Conversations longer than ``seq_len`` are truncated (the start is kept); those left with
+    no assistant token are dropped, since they would give a batch row with nothing to learn.
+
+    Returns:
+        ``(input_ids, labels, attention_mask, n_truncated, n_dropped)``: ``(N, T)`` int64
+        rows right-padded with ``pad_token_id``, ``attention_mask`` 0 and label ``-100`` on
+        padding.
+
+    Raises:
+        ValueError: see :func:`check_instruction_tokenizer`.
+    """
+    check_instruction_tokenizer(tokenizer)
     masker = assistant_masks_from_tags if has_generation_tags(tokenizer) else assistant_masks
     kept_ids, kept_masks = [], []
     truncated = dropped = 0
@@ -147,14 +135,6 @@ def encode_conversations(
                 continue
             kept_ids.append(ids)
             kept_masks.append(mask)
-    if truncated or dropped:
-        logger.warning(
-            "%d of %d conversations truncated to seq_len=%d, %d dropped (no assistant token left)",
-            truncated,
-            len(conversations),
-            seq_len,
-            dropped,
-        )
     input_ids = np.full((len(kept_ids), seq_len), tokenizer.pad_token_id, dtype=np.int64)
     labels = np.full_like(input_ids, IGNORE_INDEX)
     attention = np.zeros_like(input_ids)
@@ -163,7 +143,7 @@ def encode_conversations(
         input_ids[row, : len(ids)] = ids_array
         labels[row, : len(ids)] = np.where(np.asarray(mask, dtype=bool), ids_array, IGNORE_INDEX)
         attention[row, : len(ids)] = 1
-    return _frame(input_ids, labels, attention), truncated, dropped
+    return input_ids, labels, attention, truncated, dropped
 
 
 def assistant_masks_from_tags(
@@ -228,15 +208,3 @@ def _assistant_char_spans(
         spans.append((start, end))
         cursor = end
     return spans
-
-
-def _frame(input_ids: np.ndarray, labels: np.ndarray, attention: np.ndarray) -> pd.DataFrame:
-    """A frame of list-of-int columns from three ``(N, T)`` arrays."""
-    return pd.DataFrame(
-        {
-            "input_ids": input_ids.tolist(),
-            "labels": labels.tolist(),
-            "attention_mask": attention.tolist(),
-        },
-        columns=list(COLUMNS),
-    )

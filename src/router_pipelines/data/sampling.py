@@ -1,6 +1,8 @@
-"""Deterministic subsampling and train/validation split of record frames.
+"""Deterministic subsampling and train/validation split: of record numbers, or of small frames.
 
-Both draw from NumPy generators seeded with ``[seed, stream]`` so the subsample and the split are
+The pipeline streams, so it works on record numbers: :func:`assign_splits` gives every valid
+record (numbered in source order) its split, and the readers pick records by that number. Both
+draw from NumPy generators seeded with ``[seed, stream]`` so the subsample and the split are
 independent streams of one user seed. Chosen indices are sorted, which keeps the records in their
 source order (stable diffs, and the packing of neighbouring documents stays as in the source).
 """
@@ -14,6 +16,8 @@ import pandas as pd
 
 _SUBSAMPLE_STREAM = 0
 _SPLIT_STREAM = 1
+
+UNUSED, TRAIN, VALIDATION = 0, 1, 2  # the codes of :func:`assign_splits`
 
 
 def subsample_indices(n_total: int, n: int | None, seed: int) -> np.ndarray:
@@ -47,6 +51,25 @@ def split_indices(
     n_validation = min(max(round(validation_fraction * n_total), 1), n_total - 1)
     order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(n_total)
     return np.sort(order[n_validation:]), np.sort(order[:n_validation])
+
+
+def assign_splits(
+    n_total: int, max_records: int | None, validation_fraction: float, seed: int
+) -> np.ndarray:
+    """The split of each of ``n_total`` records: :data:`UNUSED`, :data:`TRAIN` or :data:`VALIDATION`.
+
+    The same records as ``train_validation_split(subsample(records, max_records, seed), ...)``
+    on an in-memory frame, so streaming changes no result.
+
+    Returns:
+        ``(n_total,)`` uint8 codes (one byte per record: bounded even for large corpora).
+    """
+    chosen = subsample_indices(n_total, max_records, seed)
+    train, validation = split_indices(len(chosen), validation_fraction, seed)
+    codes = np.full(n_total, UNUSED, dtype=np.uint8)
+    codes[chosen[train]] = TRAIN
+    codes[chosen[validation]] = VALIDATION
+    return codes
 
 
 def subsample(records: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:

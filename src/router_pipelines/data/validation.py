@@ -5,6 +5,10 @@ characters sneak into the corpus), each JSONL line must be one JSON object, and 
 have the fields its mode needs (see :mod:`router_pipelines.data.formats`). The policy then either
 stops the run (``error``, the default) before anything is written downstream, or drops the bad
 records and logs them (``skip``).
+
+Everything here streams: lines come from an open binary file, and a :class:`ScanCounts` keeps
+counts plus only the first :data:`MAX_LISTED_PROBLEMS` problems, so a corpus larger than memory
+is validated in constant memory.
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 from router_pipelines.data.formats import RecordError
 
 logger = logging.getLogger(__name__)
 
 MAX_LISTED_PROBLEMS = 20
+BOM = b"\xef\xbb\xbf"
 
 
 class DataValidationError(ValueError):
@@ -40,27 +45,52 @@ class Problem:
         return f"{self.source}:{self.line}: {self.message}"
 
 
-def decode_lines(source: str, data: bytes) -> Iterator[tuple[int, str | Problem]]:
-    """Split ``data`` into lines and decode each strictly as UTF-8.
+@dataclass
+class ScanCounts:
+    """Rows seen, valid examples, and the problems (all counted, the first few kept)."""
+
+    seen: int = 0
+    valid: int = 0
+    n_problems: int = 0
+    problems: list[Problem] = field(default_factory=list)  # the first MAX_LISTED_PROBLEMS
+
+    def add(self, problem: Problem) -> None:
+        self.n_problems += 1
+        if len(self.problems) < MAX_LISTED_PROBLEMS:
+            self.problems.append(problem)
+
+
+def decode_lines(source: str, data: bytes | BinaryIO) -> Iterator[tuple[int, str | Problem]]:
+    """Split bytes (or an open binary file, read lazily) into lines and decode each as UTF-8.
 
     Yields:
         ``(line_number, text)`` for each line (1-based, without the line ending), or
         ``(line_number, Problem)`` for a line that is not valid UTF-8.
     """
-    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark is not content
-        data = data[3:]
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the final newline ends the last line, it does not start a new one
-    for number, raw in enumerate(lines, start=1):
-        try:
-            yield number, raw.removesuffix(b"\r").decode("utf-8")
-        except UnicodeDecodeError as err:
-            yield number, Problem(source, number, f"not valid UTF-8 at byte {err.start}")
+    lines: Iterable[bytes] = data.split(b"\n") if isinstance(data, bytes) else data
+    number = 0
+    pending: bytes | None = None  # hold one line back: a final empty piece is not a line
+    for raw in lines:
+        if pending is not None:
+            number += 1
+            yield number, _decode(source, number, pending)
+        if number == 0 and pending is None and raw.startswith(BOM):
+            raw = raw[len(BOM) :]  # a UTF-8 byte-order mark is not content
+        pending = raw.removesuffix(b"\n")
+    if pending is not None and (pending or not isinstance(data, bytes)):
+        number += 1
+        yield number, _decode(source, number, pending)
 
 
-def parse_json_lines(source: str, data: bytes) -> Iterator[tuple[int, dict | Problem]]:
-    """Parse JSONL bytes into objects; blank lines are ignored (they hold no record).
+def _decode(source: str, number: int, raw: bytes) -> str | Problem:
+    try:
+        return raw.removesuffix(b"\r").decode("utf-8")
+    except UnicodeDecodeError as err:
+        return Problem(source, number, f"not valid UTF-8 at byte {err.start}")
+
+
+def parse_json_lines(source: str, data: bytes | BinaryIO) -> Iterator[tuple[int, dict | Problem]]:
+    """Parse JSONL bytes (or an open binary file) into objects; blank lines hold no record.
 
     Yields:
         ``(line_number, object)`` or ``(line_number, Problem)`` for invalid JSON or a value
@@ -86,67 +116,69 @@ def parse_json_lines(source: str, data: bytes) -> Iterator[tuple[int, dict | Pro
         yield number, obj
 
 
-def convert_records(
+def validated_examples(
     source: str,
     rows: Iterable[tuple[int, Any]],
     to_example: Callable[[dict], dict],
-) -> tuple[list[dict], list[Problem], int]:
-    """Apply ``to_example`` to each parsed row, collecting problems instead of stopping.
+    counts: ScanCounts,
+) -> Iterator[dict]:
+    """Apply ``to_example`` to each parsed row; yield the valid examples, count the rest.
 
-    Returns:
-        ``(examples, problems, rows_seen)``; ``rows_seen`` counts valid and invalid rows.
+    ``counts`` is updated as rows go by (``seen`` counts valid and invalid rows).
     """
-    examples: list[dict] = []
-    problems: list[Problem] = []
-    seen = 0
     for number, row in rows:
-        seen += 1
+        counts.seen += 1
         if isinstance(row, Problem):
-            problems.append(row)
+            counts.add(row)
             continue
         try:
-            examples.append(to_example(row))
+            example = to_example(row)
         except RecordError as err:
-            problems.append(Problem(source, number, str(err)))
-    return examples, problems, seen
+            counts.add(Problem(source, number, str(err)))
+            continue
+        counts.valid += 1
+        yield example
 
 
-def enforce_policy(
-    source: str, problems: list[Problem], n_valid: int, rows_seen: int, policy: str
-) -> None:
-    """Stop or log according to ``policy`` (``error`` | ``skip``).
+def enforce_policy(source: str, counts: ScanCounts, policy: str) -> None:
+    """Stop or log according to ``policy`` (``error`` | ``skip``) once a source is read.
 
     Raises:
         DataValidationError: the source held no rows; or ``policy == "error"`` and there are
             problems; or ``policy == "skip"`` and no valid record is left.
     """
-    if rows_seen == 0:
+    if counts.seen == 0:
         raise DataValidationError(f"{source}: file is empty (no records)")
-    if problems and policy == "error":
+    listed = format_problems(counts.problems, counts.n_problems)
+    if counts.n_problems and policy == "error":
         raise DataValidationError(
-            f"{source}: {len(problems)} invalid record(s) of {rows_seen}:\n"
-            + format_problems(problems)
+            f"{source}: {counts.n_problems} invalid record(s) of {counts.seen}:\n"
+            + listed
             + "\nFix them, or set data.on_invalid: skip to drop them."
         )
-    if problems:
-        for problem in problems[:MAX_LISTED_PROBLEMS]:
+    if counts.n_problems:
+        for problem in counts.problems:
             logger.warning("skipping %s", problem)
         logger.warning(
             "%s: skipped %d invalid record(s) of %d (on_invalid=skip)",
             source,
-            len(problems),
-            rows_seen,
+            counts.n_problems,
+            counts.seen,
         )
-    if n_valid == 0:
+    if counts.valid == 0:
         raise DataValidationError(
-            f"{source}: no valid record left after skipping {len(problems)} of {rows_seen}:\n"
-            + format_problems(problems)
+            f"{source}: no valid record left after skipping {counts.n_problems} of "
+            f"{counts.seen}:\n" + listed
         )
 
 
-def format_problems(problems: list[Problem]) -> str:
-    """The first :data:`MAX_LISTED_PROBLEMS` problems, one per line, then how many more."""
+def format_problems(problems: list[Problem], total: int | None = None) -> str:
+    """The first :data:`MAX_LISTED_PROBLEMS` problems, one per line, then how many more.
+
+    ``total`` is the number of problems when ``problems`` holds only the first few.
+    """
+    total = len(problems) if total is None else total
     lines = [f"  {problem}" for problem in problems[:MAX_LISTED_PROBLEMS]]
-    if len(problems) > MAX_LISTED_PROBLEMS:
-        lines.append(f"  ... and {len(problems) - MAX_LISTED_PROBLEMS} more")
+    if total > MAX_LISTED_PROBLEMS:
+        lines.append(f"  ... and {total - MAX_LISTED_PROBLEMS} more")
     return "\n".join(lines)

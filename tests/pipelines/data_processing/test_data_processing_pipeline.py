@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
+import numpy as np
 import pytest
 from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 from transformers import PreTrainedTokenizerFast
 
-from router_pipelines.data.packing import IGNORE_INDEX
+from router_pipelines.constants import IGNORE_INDEX
+from router_pipelines.data.sources import CorpusSource
+from router_pipelines.data.token_store import TokenBlocks
 from router_pipelines.data.validation import DataValidationError
 from router_pipelines.pipelines.data_processing import create_pipeline
 from router_pipelines.pipelines.data_processing import nodes as data_nodes
 
-OUTPUTS = {"tokenizer", "train_tokens", "validation_tokens", "data_report"}
+OUTPUTS = {"tokenizer", "train_tokens", "validation_tokens", "data_processing.data_report"}
 WORDS = [
     "alpha",
     "beta",
@@ -32,8 +34,9 @@ WORDS = [
 ]
 
 
-def _params(tmp_path, **overrides) -> dict:
+def _params(tmp_path, raw_path=None, **overrides) -> dict:
     return {
+        "raw_path": raw_path or str(tmp_path / "raw.jsonl"),
         "max_records": 40,
         "seed": 0,
         "validation_fraction": 0.1,
@@ -54,49 +57,58 @@ def _texts(n: int) -> list[dict]:
     return [{"text": " ".join(WORDS[(i + k) % len(WORDS)] for k in range(12))} for i in range(n)]
 
 
-def _run(raw_path: str, params: dict) -> dict:
+def _run(params: dict) -> dict:
     catalog = DataCatalog()
-    catalog["params:raw_path"] = raw_path
     catalog["params:data"] = params
     outputs = SequentialRunner().run(create_pipeline(), catalog)
-    return {name: dataset.load() for name, dataset in outputs.items()}
+    return {name.removeprefix("data_processing."): ds.load() for name, ds in outputs.items()}
 
 
 def test_wiring():
     pipeline = create_pipeline()
-    assert [n.name for n in pipeline.nodes] == ["ingest_corpus", "split_corpus", "tokenize_corpus"]
-    assert pipeline.inputs() == {"params:raw_path", "params:data"}
+    assert [n.name for n in pipeline.nodes] == [
+        "data_processing.ingest_corpus",
+        "data_processing.split_corpus",
+        "data_processing.tokenize_corpus",
+    ]
+    assert pipeline.inputs() == {"params:data"}
     assert pipeline.outputs() == OUTPUTS
 
 
 def test_pretraining_slice_and_warm_rerun(tmp_path):
-    raw_path = _write(tmp_path, _texts(50))
-    result = _run(raw_path, _params(tmp_path))
-    assert set(result) == OUTPUTS
+    _write(tmp_path, _texts(50))
+    result = _run(_params(tmp_path))
+    assert set(result) == {name.removeprefix("data_processing.") for name in OUTPUTS}
     assert isinstance(result["tokenizer"], PreTrainedTokenizerFast)
     train = result["train_tokens"]
-    assert isinstance(train, pd.DataFrame) and len(train) > 0
-    assert {len(row) for column in train.columns for row in train[column]} == {16}
-    assert train["labels"].tolist() == train["input_ids"].tolist()
+    assert isinstance(train, TokenBlocks) and len(train) > 0
+    assert isinstance(train.input_ids, np.memmap) and train.input_ids.shape[1] == 16
+    np.testing.assert_array_equal(train.labels, train.input_ids)
+    assert result["validation_tokens"].split == "validation"
     report = result["data_report"]
+    assert train.fingerprint == report["fingerprint"]
     assert report["cache_hit"] is False
     assert (report["records_read"], report["records_skipped"]) == (50, 0)
     assert (report["train_records"], report["validation_records"]) == (36, 4)
     assert report["train_rows"] == len(train)
     assert report["train_tokens"] == 16 * len(train)
     assert report["vocab_size"] == 300
+    assert report["bytes_read"] == (tmp_path / "raw.jsonl").stat().st_size
+    assert report["ingest_mb_per_s"] > 0 and report["num_proc"] == 1
     assert all(isinstance(v, int | float | str | bool) for v in report.values())
-    again = _run(raw_path, _params(tmp_path))["data_report"]
+    again = _run(_params(tmp_path))["data_report"]
     assert again["cache_hit"] is True and again["fingerprint"] == report["fingerprint"]
 
 
 def test_instruction_slice_masks_prompts(tmp_path):
     rows = [{"prompt": f"Say {word} twice.", "response": f"{word} {word}"} for word in WORDS * 3]
     params = _params(tmp_path, mode="instruction", seq_len=24, max_records=None)
-    result = _run(_write(tmp_path, rows), params)
+    _write(tmp_path, rows)
+    result = _run(params)
     train = result["train_tokens"]
     tokenizer = result["tokenizer"]
-    for ids, labels, mask in train.itertuples(index=False):
+    arrays = (train.input_ids, train.labels, train.attention_mask)
+    for ids, labels, mask in zip(*(a.tolist() for a in arrays), strict=True):
         learned = [t for t in labels if t != IGNORE_INDEX]
         answer = tokenizer.decode(learned)
         assert answer.endswith("<|endoftext|>") and "Say" not in answer
@@ -106,10 +118,24 @@ def test_instruction_slice_masks_prompts(tmp_path):
 
 
 def test_invalid_record_stops_before_anything_is_written(tmp_path):
-    raw_path = _write(tmp_path, [*_texts(5), {"text": ""}])
+    _write(tmp_path, [*_texts(5), {"text": ""}])
     with pytest.raises(DataValidationError, match=r"raw\.jsonl:6: field 'text' is empty"):
-        _run(raw_path, _params(tmp_path))
+        _run(_params(tmp_path))
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_missing_corpus_names_data_raw_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.jsonl' does not exist \(data\.raw_path\)"):
+        _run(_params(tmp_path, raw_path=str(tmp_path / "nope.jsonl")))
+
+
+def test_a_validation_split_too_small_for_a_block_stops_before_writing(tmp_path):
+    _write(tmp_path, _texts(50))
+    params = _params(tmp_path, max_records=None, validation_fraction=0.02, seq_len=96)
+    with pytest.raises(ValueError, match=r"^data\.validation_fraction / data\.seq_len: "):
+        _run(params)
+    cache = tmp_path / "cache"
+    assert not cache.exists() or list(cache.iterdir()) == []
 
 
 def test_hub_dataset_replaces_raw_path(tmp_path, monkeypatch):
@@ -117,15 +143,44 @@ def test_hub_dataset_replaces_raw_path(tmp_path, monkeypatch):
 
     def fake_hub(cfg):
         seen.append(cfg.hub_dataset)
-        return pd.DataFrame({"text": ["from the hub"]})
+        return "scanned hub corpus"
 
-    monkeypatch.setattr(data_nodes, "load_hub_records", fake_hub)
-    records = data_nodes.ingest_corpus("does/not/exist.jsonl", {"hub_dataset": "wikitext2"})
-    assert seen == ["wikitext2"] and records["text"].tolist() == ["from the hub"]
+    monkeypatch.setattr(data_nodes, "scan_hub_dataset", fake_hub)
+    params = {"hub_dataset": "wikitext2", "raw_path": "does/not/exist.jsonl"}
+    assert data_nodes.ingest_corpus(params) == "scanned hub corpus"
+    assert seen == ["wikitext2"]
+
+
+def test_a_local_hub_folder_streams_through_the_whole_pipeline(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    folder = tmp_path / "hub_corpus"
+    folder.mkdir()
+    (folder / "part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _texts(30)))
+    params = _params(tmp_path, hub_dataset=str(folder), streaming=True, max_records=20)
+    result = _run(params)
+    report = result["data_report"]
+    assert report["source"] == f"{folder}[default/train]"
+    assert (report["records_read"], report["train_records"], report["validation_records"]) == (
+        20,
+        18,
+        2,
+    )
+    assert len(result["train_tokens"]) > 0
+
+
+def test_nodes_hand_small_descriptors_along(tmp_path):
+    _write(tmp_path, _texts(50))
+    corpus = data_nodes.ingest_corpus(_params(tmp_path))
+    assert isinstance(corpus, CorpusSource) and corpus.records == 50
+    split = data_nodes.split_corpus(corpus, _params(tmp_path))
+    assert split.assignment.dtype == np.uint8 and split.assignment.nbytes == 50
+    assert (split.n_train, split.n_validation) == (36, 4)
 
 
 def test_unknown_parameter_is_named(tmp_path):
     with pytest.raises(
         ValueError, match=r"data: unknown key 'seqlen' \(did you mean 'seq_len'\?\)"
     ):
-        data_nodes.split_corpus(pd.DataFrame({"text": ["x"]}), {"seqlen": 3})
+        data_nodes.split_corpus(None, {"seqlen": 3})

@@ -1,4 +1,4 @@
-"""Wiring of the ``data_processing`` pipeline."""
+"""Wiring of the ``data_processing`` namespace: raw corpus to tokenizer and token blocks."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -10,25 +10,21 @@ from router_pipelines.pipelines.data_processing.nodes import (
 
 
 def create_pipeline(**kwargs) -> Pipeline:
+    """Its public outputs — ``tokenizer``, ``train_tokens``, ``validation_tokens`` — keep their
+    names (every family reads them); the rest is ``data_processing.*``. It reads the ``data``
+    parameter group."""
     return Pipeline(
         [
+            Node(ingest_corpus, "params:data", "raw_corpus", name="ingest_corpus"),
+            Node(split_corpus, ["raw_corpus", "params:data"], "corpus_split", name="split_corpus"),
             Node(
-                func=ingest_corpus,
-                inputs=["params:raw_path", "params:data"],
-                outputs="raw_records",
-                name="ingest_corpus",
-            ),
-            Node(
-                func=split_corpus,
-                inputs=["raw_records", "params:data"],
-                outputs=["train_records", "validation_records"],
-                name="split_corpus",
-            ),
-            Node(
-                func=tokenize_corpus,
-                inputs=["train_records", "validation_records", "params:data"],
-                outputs=["tokenizer", "train_tokens", "validation_tokens", "data_report"],
+                tokenize_corpus,
+                ["corpus_split", "params:data"],
+                ["tokenizer", "train_tokens", "validation_tokens", "data_report"],
                 name="tokenize_corpus",
             ),
-        ]
+        ],
+        namespace="data_processing",
+        outputs={"tokenizer", "train_tokens", "validation_tokens"},
+        parameters={"params:data"},
     )
