@@ -43,7 +43,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from router_pipelines.evaluation import bit_report, measure_throughput
+from router_pipelines.evaluation import measure_throughput
+from router_pipelines.families.switchable import bit_report
 from router_pipelines.models.packed import (
     PackedInt4Linear,
     PackedInt8Linear,
@@ -279,7 +280,7 @@ def run(args: argparse.Namespace) -> None:
     results = byte_rows + speed_rows
 
     notes = [
-        "bit_report_weight_bytes follows evaluation.bits: quantized linears as packed b-bit codes "
+        "bit_report_weight_bytes follows families.switchable.bits: quantized linears as packed b-bit codes "
         "+ one fp16 scale per output channel, every other parameter (embeddings, LM head, "
         "norms, biases) as fp16; on the fp32/bf16 rows it is the FP16 baseline. tensor_bytes is "
         "what the model object holds in memory (parameters + buffers, tied tensors once).",

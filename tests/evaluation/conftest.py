@@ -1,28 +1,16 @@
+"""Fixtures for the evaluation tests: a plain tiny GPT-2 and data, no model family."""
+
 import pytest
 import torch
 from tiny_models import VOCAB_SIZE, ListDataset, tiny_gpt2
+from transformers import GPT2LMHeadModel
 
-from router_pipelines.models.switchable import SwitchableConfig, SwitchableLM
 
-
-def _switchable(**flags: bool) -> SwitchableLM:
-    """A 2-block GPT-2 with switchable widths 2/4/8 (8-bit activations), in eval mode.
-    n_embd=64 (n_inner 256) keeps every linear's in_features a multiple of 32 and its
-    out_features a multiple of 16, as the CPU int4 kernel needs."""
+@pytest.fixture
+def plain_gpt2() -> GPT2LMHeadModel:
+    """A 2-block GPT-2 (64 positions) in eval mode, seeded."""
     torch.manual_seed(0)
-    base = tiny_gpt2(n_embd=64, n_positions=64)
-    return SwitchableLM.from_base(base, SwitchableConfig(bit_widths=[2, 4, 8], **flags)).eval()
-
-
-@pytest.fixture
-def tiny_switchable() -> SwitchableLM:
-    return _switchable()
-
-
-@pytest.fixture
-def tiny_switchable_tables() -> SwitchableLM:
-    """``tiny_switchable`` with its embeddings and (tied) LM head quantized too."""
-    return _switchable(quantize_lm_head=True, quantize_embeddings=True)
+    return tiny_gpt2(n_positions=64)
 
 
 @pytest.fixture

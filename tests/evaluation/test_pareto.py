@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from router_pipelines.evaluation.pareto import pareto_front, plot_pareto
+from router_pipelines.evaluation.pareto import pareto_front, plot_fronts, plot_pareto
 
 
 @pytest.fixture
@@ -85,3 +85,29 @@ def test_plot_rejects_missing_column(results):
     mask = pd.Series(True, index=results.index)
     with pytest.raises(ValueError, match="latency"):
         plot_pareto(results, "latency", "perplexity", mask, "t")
+
+
+FRONTS = {
+    "pareto_bits": {"perplexity": "min", "effective_bits": "min"},
+    "pareto_speed": {"perplexity": "min", "tokens_per_s": "max"},
+}
+
+
+def test_plot_fronts_draws_one_panel_per_front(results):
+    table = results.copy()
+    table["pareto_bits"] = pareto_front(table, FRONTS["pareto_bits"])  # a given mask is used
+    figure = plot_fronts(table, FRONTS)
+    assert isinstance(figure, Figure) and len(figure.axes) == 2
+    bits_axes, speed_axes = figure.axes
+    assert (bits_axes.get_xlabel(), bits_axes.get_ylabel()) == ("effective_bits", "perplexity")
+    assert speed_axes.get_title() == "perplexity vs tokens_per_s"
+    assert sorted(t.get_text() for t in bits_axes.texts) == ["a", "b", "c", "e", "f"]
+    # pareto_speed is not a column: computed from the objectives
+    assert sorted(t.get_text() for t in speed_axes.texts) == ["a", "b", "c", "f", "g"]
+
+
+def test_plot_fronts_needs_two_objectives_per_front(results):
+    with pytest.raises(ValueError, match="fronts.one: a plotted front needs exactly two"):
+        plot_fronts(results, {"one": {"perplexity": "min"}})
+    with pytest.raises(ValueError, match="fronts: give at least one"):
+        plot_fronts(results, {})

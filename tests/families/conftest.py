@@ -1,11 +1,14 @@
-"""Fixtures for the family tests: tiny models and a batch (tests/conftest.py sets one thread)."""
+"""Fixtures for the family tests: tiny models and data (tests/conftest.py sets one thread)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import VOCAB_SIZE, ListDataset
 from tiny_models import tiny_gpt2 as build_tiny_gpt2
 from transformers import GPT2LMHeadModel
+
+from router_pipelines.models.switchable import SwitchableConfig, SwitchableLM
 
 
 @pytest.fixture
@@ -24,3 +27,40 @@ def batch() -> dict[str, torch.Tensor]:
     attention_mask[1, 9:] = 0
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def _switchable(**flags: bool) -> SwitchableLM:
+    """A 2-block GPT-2 with switchable widths 2/4/8 (8-bit activations), in eval mode.
+    n_embd=64 (n_inner 256) keeps every linear's in_features a multiple of 32 and its
+    out_features a multiple of 16, as the CPU int4 kernel needs."""
+    torch.manual_seed(0)
+    base = build_tiny_gpt2(n_embd=64, n_positions=64)
+    return SwitchableLM.from_base(base, SwitchableConfig(bit_widths=[2, 4, 8], **flags)).eval()
+
+
+@pytest.fixture
+def tiny_switchable() -> SwitchableLM:
+    return _switchable()
+
+
+@pytest.fixture
+def tiny_switchable_tables() -> SwitchableLM:
+    """``tiny_switchable`` with its embeddings and (tied) LM head quantized too."""
+    return _switchable(quantize_lm_head=True, quantize_embeddings=True)
+
+
+@pytest.fixture
+def lm_dataset() -> ListDataset:
+    """Four seeded sequences of 16 tokens, all positions scored."""
+    generator = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(4):
+        input_ids = torch.randint(0, VOCAB_SIZE, (16,), generator=generator)
+        items.append(
+            {
+                "input_ids": input_ids,
+                "labels": input_ids.clone(),
+                "attention_mask": torch.ones(16, dtype=torch.long),
+            }
+        )
+    return ListDataset(items)

@@ -21,9 +21,33 @@ def test_debug_preset_has_the_preset_shape_in_every_architecture(tokenizer, arch
     assert logits.shape == (1, 3, len(tokenizer))
 
 
-def test_small_preset_is_the_30m_shape(tokenizer):
+def count_parameters(architecture: str, vocab_size: int) -> tuple[int, int]:
+    """(all parameters, parameters outside the token embedding) of ``small``, built on the
+    meta device (shapes only: no memory, no initialisation)."""
+    from transformers import AutoModelForCausalLM
+
+    from router_pipelines.models.presets import transformers_config
+
+    hf_config = transformers_config(
+        ModelConfig(preset="small", architecture=architecture), vocab_size, {}
+    )
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(hf_config)
+    total = sum(p.numel() for p in model.parameters())  # the tied LM head counts once
+    return total, total - model.get_input_embeddings().weight.numel()
+
+
+def test_small_preset_is_15m_at_8192_tokens_and_30m_at_gpt2s_vocabulary():
     shape = PRESETS["small"]
     assert (shape["n_layer"], shape["hidden"], shape["intermediate"]) == (8, 384, 1024)
+    # GPT-2 by hand: per block 4*384^2 attention + 2*384*1024 MLP weights, biases, 2 norms
+    block = 4 * 384 * 384 + 4 * 384 + 2 * 384 * 1024 + 1024 + 384 + 4 * 384
+    outside_wte = 8 * block + 1024 * 384 + 2 * 384  # blocks, position table, final norm
+    assert count_parameters("gpt2", 8192) == (outside_wte + 8192 * 384, outside_wte)
+    assert outside_wte == 11_439_872
+    assert round(count_parameters("gpt2", 8192)[0] / 1e6, 1) == 14.6  # the project's tokenizer
+    assert round(count_parameters("gpt2", 50257)[0] / 1e6, 1) == 30.7  # the study's ~30M
+    assert round(count_parameters("llama", 8192)[0] / 1e6, 1) == 17.3  # SwiGLU: 3 MLP matrices
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tokenizer):

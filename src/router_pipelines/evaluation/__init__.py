@@ -1,33 +1,30 @@
-"""Evaluation of switchable-precision models: metrics, bits, speed, sweeps and Pareto fronts.
+"""Evaluation for every model family: metrics, sweeps over settings, speed and Pareto fronts.
 
-- :mod:`.language_modeling`: loss, perplexity and next-token accuracy.
-- :mod:`.bits`: effective bits, storage bytes and compression (definitions in its docstring).
+- :mod:`.language_modeling`: loss, perplexity, bits per byte and next-token accuracy.
+- :mod:`.settings`: the :class:`Setting` protocol a family implements for its operating points.
+- :mod:`.sweep`: :func:`evaluate_settings` and the generic :class:`SweepConfig`.
 - :mod:`.speed`: prefill and KV-cache decode throughput.
-- :mod:`.configs`: the bit configurations to sweep and the sweep itself.
-- :mod:`.pareto`: non-dominated configurations and their plot.
+- :mod:`.pareto`: non-dominated rows and their plots.
+
+Nothing here imports a family: a family's settings come in as objects.
 """
 
-from router_pipelines.evaluation.bits import bit_report
-from router_pipelines.evaluation.configs import (
-    BitConfiguration,
-    EvalConfig,
-    SpeedConfig,
-    build_configurations,
-    evaluate_configurations,
-)
 from router_pipelines.evaluation.language_modeling import evaluate_language_model
-from router_pipelines.evaluation.pareto import pareto_front, plot_pareto
+from router_pipelines.evaluation.pareto import pareto_front, plot_fronts, plot_pareto
+from router_pipelines.evaluation.settings import ModelAsIs, Setting, TimedModel
 from router_pipelines.evaluation.speed import measure_throughput
+from router_pipelines.evaluation.sweep import SpeedConfig, SweepConfig, evaluate_settings
 
 __all__ = [
-    "BitConfiguration",
-    "EvalConfig",
+    "ModelAsIs",
+    "Setting",
     "SpeedConfig",
-    "bit_report",
-    "build_configurations",
-    "evaluate_configurations",
+    "SweepConfig",
+    "TimedModel",
     "evaluate_language_model",
+    "evaluate_settings",
     "measure_throughput",
     "pareto_front",
+    "plot_fronts",
     "plot_pareto",
 ]

@@ -1,6 +1,8 @@
-"""Pareto fronts over evaluated configurations, and their plot."""
+"""Pareto fronts over evaluated settings (any family's sweep rows), and their plots."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -92,4 +94,48 @@ def plot_pareto(
     axes.legend(loc="best")
     axes.grid(alpha=0.3)
     figure.tight_layout()
+    return figure
+
+
+def plot_fronts(
+    df: pd.DataFrame,
+    fronts: Mapping[str, Mapping[str, str]],
+    label: str = "name",
+    panel_size: tuple[float, float] = (6.0, 4.5),
+) -> Figure:
+    """One panel per front, side by side: all rows, the front connected and labelled.
+
+    Args:
+        df: one row per setting.
+        fronts: front name -> its two objectives ``{y_column: dir, x_column: dir}`` (the first
+            is drawn on the y axis), e.g. ``{"pareto_bits": {"perplexity": "min",
+            "effective_bits": "min"}}``. A boolean column named like the front is used as its
+            mask; otherwise the front is computed with :func:`pareto_front`.
+        label: column whose values label the front points.
+        panel_size: inches per panel.
+
+    Returns:
+        A new matplotlib ``Figure`` (not registered with pyplot).
+    """
+    if not fronts:
+        raise ValueError("fronts: give at least one front name -> {y: dir, x: dir}")
+    for name, objectives in fronts.items():
+        if len(objectives) != 2:
+            raise ValueError(
+                f"fronts.{name}: a plotted front needs exactly two objectives, got {dict(objectives)}"
+            )
+    width, height = panel_size
+    figure = Figure(figsize=(width * len(fronts), height))
+    for index, (name, objectives) in enumerate(fronts.items()):
+        y, x = list(objectives)
+        mask = df[name].astype(bool) if name in df.columns else pareto_front(df, dict(objectives))
+        plot_pareto(
+            df,
+            x,
+            y,
+            mask,
+            f"{y} vs {x}",
+            label=label,
+            axes=figure.add_subplot(1, len(fronts), index + 1),
+        )
     return figure

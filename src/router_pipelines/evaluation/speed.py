@@ -14,6 +14,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from router_pipelines.config import check_int
+
 MODES = ("prefill", "decode")
 
 
@@ -63,9 +65,8 @@ def measure_throughput(
         ("warmup", warmup, 0),
         ("iters", iters, 1),
     ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{key}: must be an int >= {minimum}, got {value!r}")
-    max_positions = _max_positions(model)
+        check_int(key, value, minimum=minimum)
+    max_positions = model_max_positions(model)
     if max_positions is not None and seq_len > max_positions:
         raise ValueError(f"seq_len: {seq_len} exceeds the model's {max_positions} positions")
 
@@ -126,6 +127,8 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _max_positions(model: nn.Module) -> int | None:
+def model_max_positions(model: nn.Module) -> int | None:
+    """The model's context length from its config (``max_position_embeddings`` or GPT-2's
+    ``n_positions``), or ``None`` when it has none."""
     config = getattr(model, "config", None)
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)

@@ -1,25 +1,7 @@
-"""Model families: what each brings to the shared training engine (switching + loss)."""
+"""Model families: what each brings to the shared engine and to the evaluation sweep.
 
-from router_pipelines.families.switchable import (
-    STRATEGIES,
-    DistillConfig,
-    SwitchingConfig,
-    bit_widths_for_step,
-    distillation_kl,
-    lr_multiplier_fn,
-    make_eval_loss,
-    make_switchable_loss,
-    width_step_counts,
-)
-
-__all__ = [
-    "STRATEGIES",
-    "DistillConfig",
-    "SwitchingConfig",
-    "bit_widths_for_step",
-    "distillation_kl",
-    "lr_multiplier_fn",
-    "make_eval_loss",
-    "make_switchable_loss",
-    "width_step_counts",
-]
+A family is a subpackage (``families.switchable``, ...) with its switching or routing
+schedule, its loss functions for the training engine and its sweep settings for
+``router_pipelines.evaluation.evaluate_settings``. Nothing here is imported eagerly, so using
+one family never imports another.
+"""

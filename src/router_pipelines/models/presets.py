@@ -1,8 +1,12 @@
 """Named model presets (``debug``, ``tiny``, ``small``) and the causal-LM builder.
 
 A preset fixes the shape; the architecture (GPT-2 by default, Llama or Qwen2) is chosen
-separately, so ``small`` means the same size in every architecture. ``small`` is the ~30M
-from-scratch model of the Dynamic Transformer study: 8 layers, hidden 384, intermediate 1024.
+separately, so ``small`` means the same shape in every architecture. ``small`` has the shape
+of the Dynamic Transformer study's from-scratch model (8 layers, hidden 384, intermediate
+1024), whose ~30M parameters assume GPT-2's 50,257-token vocabulary: as GPT-2 it has 30.7M
+parameters at that vocabulary but 14.6M at the project's default 8,192-token BPE (11.4M
+outside the tied token embedding); as Llama / Qwen2 (three MLP matrices, 1024 positions via
+RoPE instead of a table) 17.3M at 8,192 tokens. ``tests/models/test_presets.py`` counts them.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from router_pipelines.config import check_choice
+from router_pipelines.config import check_bool, check_choice, check_fraction, check_int
 
 # n_layer, hidden size, attention heads, MLP intermediate size
 PRESETS: dict[str, dict[str, int]] = {
@@ -29,6 +33,9 @@ class ModelConfig:
     architecture: str = "gpt2"  # gpt2 | llama | qwen2
     name_or_path: str | None = None  # hub id or local folder for from_pretrained
     trust_remote_code: bool = False  # only for name_or_path; off unless the user turns it on
+    # only for name_or_path: adapt the model to another tokenizer (resize the embeddings to it and
+    # take its special-token ids); without it a mismatch is an error before training
+    resize_token_embeddings: bool = False
     max_positions: int = 1024  # context length of a from-scratch model
     dropout: float = 0.0  # residual/attention/embedding dropout of a from-scratch model
     overrides: dict[str, Any] = field(default_factory=dict)  # extra transformers config fields
@@ -36,10 +43,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_choice("preset", self.preset, PRESETS)
         check_choice("architecture", self.architecture, ARCHITECTURES)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout!r}")
-        if self.max_positions < 1:
-            raise ValueError(f"max_positions: must be >= 1, got {self.max_positions!r}")
+        check_fraction("dropout", self.dropout)
+        check_int("max_positions", self.max_positions, minimum=1)
+        check_bool("trust_remote_code", self.trust_remote_code)
+        check_bool("resize_token_embeddings", self.resize_token_embeddings)
 
 
 def transformers_config(config: ModelConfig, vocab_size: int, special_ids: dict[str, int | None]):
@@ -97,8 +104,10 @@ def build_causal_lm(config: ModelConfig, tokenizer: Any, seed: int = 0):
         model = AutoModelForCausalLM.from_pretrained(
             config.name_or_path, trust_remote_code=config.trust_remote_code
         )
-        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-            model.resize_token_embeddings(len(tokenizer))
+        if config.resize_token_embeddings:  # only when asked: see ModelConfig
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+            for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                setattr(model.config, key, getattr(tokenizer, key))
         return model
     special_ids = {
         "bos_token_id": tokenizer.bos_token_id,

@@ -1,202 +1,49 @@
-"""Precision-switchable causal LMs: swap linear layers for :class:`QuantLinear`, then switch.
+"""Precision control of a swapped causal LM: :class:`SwitchableLM`.
 
-``make_switchable`` replaces, in place, every ``nn.Linear`` and GPT-2 ``Conv1D`` of a
-transformers causal LM (except the LM head, unless asked) by a :class:`QuantLinear` holding
-the same weights and one quantizer per bit width, and, if asked, every ``nn.Embedding`` by a
-:class:`QuantEmbedding`. :class:`SwitchableLM` wraps the swapped model and sets the precision
+:class:`SwitchableLM` wraps a model swapped by :func:`make_switchable` and sets the precision
 of all layers at once (``set_precision``) or per block (``set_layer_precision``); ``forward``
 is the HF model's, so losses and ``generate`` work unchanged. At full precision the model
-computes exactly what the base model computed.
+computes exactly what the base model computed. The config and the swap are in
+:mod:`.switchable_swap`, saving and loading in :mod:`.switchable_io`; this module re-exports
+them so ``from router_pipelines.models.switchable import ...`` stays the one import.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file, save_model
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
-from transformers.pytorch_utils import Conv1D
+from transformers import PretrainedConfig, PreTrainedModel
 
-from router_pipelines.config import check_choice, config_from_dict
+from router_pipelines.models.layers import LAYER_KEYS, find_decoder_blocks
 from router_pipelines.models.quant_modules import QuantEmbedding, QuantLinear
-from router_pipelines.models.quantization import (
-    STEP_INITS,
-    MultiWidthQuantizer,
-    NestedQuantizer,
-    check_bit_width,
-    check_precision,
+from router_pipelines.models.quantization import check_precision
+from router_pipelines.models.switchable_io import (
+    SWITCHABLE_CONFIG_NAME,
+    load_switchable,
+    save_switchable,
+)
+from router_pipelines.models.switchable_swap import (
+    SwitchableConfig,
+    check_tied_flags,
+    make_switchable,
 )
 
-__all__ = ["QuantEmbedding", "QuantLinear", "SwitchableConfig", "SwitchableLM", "make_switchable"]
+__all__ = [
+    "SWITCHABLE_CONFIG_NAME",
+    "QuantEmbedding",
+    "QuantLinear",
+    "SwitchableConfig",
+    "SwitchableLM",
+    "check_tied_flags",
+    "make_switchable",
+]
 
-SWITCHABLE_CONFIG_NAME = "switchable_config.json"
-WEIGHTS_NAME = "model.safetensors"
-LAYER_KEYS = ("attn_bits", "mlp_bits")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")  # block sub-module names counted as the MLP
 _FOLLOW_POLICY = object()  # set_precision default: activation bits from SwitchableConfig.act_bits
-
-
-@dataclass
-class SwitchableConfig:
-    """How a causal LM is made precision-switchable.
-
-    ``act_bits`` is the activation policy: an int N quantizes every QuantLinear input to N
-    bits whatever the weight width (default 8: the seed's "symmetric quantization for
-    weights and activations" without letting 2-bit activations wreck the 2-bit model),
-    ``"same"`` uses the weight width, ``None`` keeps activations in full precision.
-    Activation steps are kept per activation width, so under a fixed N every weight width
-    shares that one step (at 8 bits clipping is mild, so sharing costs little).
-    """
-
-    bit_widths: list[int] = field(default_factory=lambda: [2, 4, 8])  # weight widths, 2..8
-    act_bits: int | str | None = 8  # int 2..8 (fixed), "same" (= weight bits) or None (FP)
-    nested: bool = False  # Matryoshka: one shared int8 grid per layer serves every width
-    per_channel: bool = True  # one weight step per output channel, else one per layer
-    step_init: str = "mse"  # step-size init from data: "mse", "lsq" or "max"
-    quantize_lm_head: bool = False  # also swap the LM head (tied weights stay tied)
-    quantize_embeddings: bool = False  # also quantize every nn.Embedding table, per row
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.bit_widths, list | tuple) or not self.bit_widths:
-            raise ValueError(
-                f"bit_widths: expected a non-empty list of widths from 2 to 8, got {self.bit_widths!r}"
-            )
-        self.bit_widths = [check_bit_width("bit_widths", b) for b in self.bit_widths]
-        if len(set(self.bit_widths)) != len(self.bit_widths):
-            raise ValueError(f"bit_widths: {self.bit_widths} repeats a width; list each once")
-        if self.act_bits != "same" and self.act_bits is not None:
-            try:
-                check_bit_width("act_bits", self.act_bits)
-            except ValueError:
-                raise ValueError(
-                    f"act_bits: {self.act_bits!r} is not allowed; use an int from 2 to 8, "
-                    "'same' (follow the weight width) or None (full-precision activations)"
-                ) from None
-        check_choice("step_init", self.step_init, STEP_INITS)
-        for name in ("nested", "per_channel", "quantize_lm_head", "quantize_embeddings"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
-        if self.nested and not self.per_channel:
-            raise ValueError("per_channel: nested codes need per-channel steps; set it to true")
-
-    @property
-    def act_bit_widths(self) -> list[int]:
-        """Activation widths that get quantizers under the ``act_bits`` policy."""
-        if self.act_bits == "same":
-            return sorted(self.bit_widths)
-        return [] if self.act_bits is None else [self.act_bits]
-
-    def act_bits_for(self, weight_bits: int | None) -> int | None:
-        """Activation width the policy pairs with ``weight_bits`` (FP weights: FP)."""
-        if weight_bits is None:
-            return None
-        return weight_bits if self.act_bits == "same" else self.act_bits
-
-
-def make_switchable(model: nn.Module, config: SwitchableConfig) -> list[str]:
-    """Swap, in place, the layers of ``model`` for quantized ones (new layers start at FP).
-
-    Every ``nn.Linear`` / ``Conv1D`` becomes a :class:`QuantLinear`, except the LM head
-    (``model.get_output_embeddings()``) unless ``config.quantize_lm_head``. With
-    ``config.quantize_embeddings`` every ``nn.Embedding`` (token and learned position
-    embeddings) becomes a :class:`QuantEmbedding` with one step per row.
-
-    Tied weights stay tied. When the token embedding and the LM head share one matrix
-    (``tie_word_embeddings``, e.g. GPT-2) they also share one weight quantizer, so a single
-    table of codes and scales serves both, and the two flags must then agree: quantizing one
-    of them alone would need a full-precision and a quantized copy of the same matrix.
-
-    Returns:
-        The qualified names of the swapped modules, in module order.
-
-    Raises:
-        ValueError: if ``model`` has no layer to swap (e.g. it is already switchable), or the
-            flags disagree on a tied embedding / LM head. Nothing is swapped then.
-    """
-    check_tied_flags(model, config)
-    head = _call_if_present(model, "get_output_embeddings")
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if (
-            isinstance(module, nn.Linear | Conv1D)
-            and (config.quantize_lm_head or module is not head)
-        )
-        or (isinstance(module, nn.Embedding) and config.quantize_embeddings)
-    ]
-    if not any(isinstance(module, nn.Linear | Conv1D) for _, module in targets):
-        raise ValueError(
-            f"model: {type(model).__name__} has no nn.Linear or Conv1D layer to swap "
-            "(is it already switchable?)"
-        )
-    quantizers_by_weight: dict[int, nn.Module] = {}  # id(weight) -> its weight quantizer
-    swaps = []  # every new module is built before the first one goes in: all or nothing
-    for name, module in targets:
-        channels = module.nf if isinstance(module, Conv1D) else module.weight.shape[0]
-        weight_quantizer = quantizers_by_weight.get(id(module.weight))
-        if weight_quantizer is None:
-            weight_quantizer = _weight_quantizer(config, channels)
-            quantizers_by_weight[id(module.weight)] = weight_quantizer
-        if isinstance(module, nn.Embedding):
-            swapped = QuantEmbedding.from_module(module, weight_quantizer)
-        else:
-            act_quantizer = MultiWidthQuantizer(
-                config.act_bit_widths, per_channel=False, init=config.step_init
-            )
-            swapped = QuantLinear.from_module(module, weight_quantizer, act_quantizer)
-        swaps.append((name, swapped))
-    for name, swapped in swaps:
-        parent_name, _, child_name = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child_name, swapped)
-    return [name for name, _ in targets]
-
-
-def check_tied_flags(model: nn.Module, config: SwitchableConfig) -> None:
-    """Raise if ``model`` ties its token embedding to its LM head and ``config`` quantizes
-    only one of them (works on a ``meta``-device model, so it costs nothing to call early).
-
-    Raises:
-        TypeError: ``config`` is not a :class:`SwitchableConfig`.
-        ValueError: naming both flags and what to set.
-    """
-    if not isinstance(config, SwitchableConfig):
-        raise TypeError(f"config: expected SwitchableConfig, got {type(config).__name__}")
-    head = _call_if_present(model, "get_output_embeddings")
-    embedding = _call_if_present(model, "get_input_embeddings")
-    tied = (
-        isinstance(head, nn.Linear)
-        and isinstance(embedding, nn.Embedding)
-        and head.weight is embedding.weight
-    )
-    if tied and config.quantize_lm_head != config.quantize_embeddings:
-        raise ValueError(
-            f"quantize_lm_head ({config.quantize_lm_head}) and quantize_embeddings "
-            f"({config.quantize_embeddings}): {type(model).__name__} ties its token embedding to "
-            "its LM head (tie_word_embeddings), one matrix for both; set both flags to true "
-            "(one quantized table serves both) or both to false"
-        )
-
-
-def _weight_quantizer(config: SwitchableConfig, channels: int) -> nn.Module:
-    """A fresh per-row (per output channel) weight quantizer for ``config``'s widths."""
-    if config.nested:
-        return NestedQuantizer(config.bit_widths, channels)
-    return MultiWidthQuantizer(config.bit_widths, config.per_channel, channels, config.step_init)
-
-
-def _call_if_present(model: nn.Module, method: str) -> nn.Module | None:
-    getter = getattr(model, method, None)
-    try:
-        return getter() if callable(getter) else None
-    except NotImplementedError:  # PreTrainedModel without that embedding
-        return None
 
 
 class SwitchableLM(nn.Module):
@@ -216,9 +63,9 @@ class SwitchableLM(nn.Module):
             raise ValueError(
                 "model: has no QuantLinear layer; build it with SwitchableLM.from_base(model, config)"
             )
-        blocks_name, num_layers = _find_blocks(model)
+        blocks_name, blocks = find_decoder_blocks(model)
         self._layer_groups: list[dict[str, list[str]]] = []
-        for index in range(num_layers):
+        for index in range(len(blocks)):
             prefix = f"{blocks_name}.{index}."
             groups: dict[str, list[str]] = {"attn": [], "mlp": []}
             for name in linears:
@@ -313,6 +160,24 @@ class SwitchableLM(nn.Module):
         for module in self.quant_modules().values():
             module.set_bits(weight_bits, act if isinstance(module, QuantLinear) else None)
 
+    def set_precision_map(self, precision: Mapping[str, tuple[int | None, int | None]]) -> None:
+        """Put every quantized module back at the ``(weight_bits, act_bits)`` of a
+        :meth:`precision_map` taken earlier (e.g. before a temporary change).
+
+        Raises:
+            ValueError: ``precision`` does not name exactly this model's quantized modules.
+        """
+        modules = self.quant_modules()
+        if set(precision) != set(modules):
+            missing = sorted(set(modules) - set(precision))[:3]
+            unknown = sorted(set(precision) - set(modules))[:3]
+            raise ValueError(
+                f"precision: does not match the model's quantized modules (missing {missing}, "
+                f"unknown {unknown})"
+            )
+        for name, module in modules.items():
+            module.set_bits(*precision[name])
+
     @torch.no_grad()
     def initialize_quantizers(
         self,
@@ -344,8 +209,7 @@ class SwitchableLM(nn.Module):
             if not all(m.is_initialized() for m in self.quant_modules().values()):
                 self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
                 ran.append(bits)
-        for name, module in self.quant_modules().items():
-            module.set_bits(*saved[name])
+        self.set_precision_map(saved)
         for module, training in modes:
             module.training = training
         return ran
@@ -419,80 +283,12 @@ class SwitchableLM(nn.Module):
         and ``initialized`` flag included, each shared (tied) tensor stored once. ``state_dict``
         (HF's argument) replaces it, e.g. one gathered by Accelerate under FSDP / ZeRO-3.
         """
-        path = Path(save_directory)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.config.save_pretrained(path)
-        config_json = json.dumps(dataclasses.asdict(self.switchable_config), indent=2)
-        (path / SWITCHABLE_CONFIG_NAME).write_text(config_json + "\n")
-        if state_dict is None:
-            save_model(self, str(path / WEIGHTS_NAME))
-        else:
-            save_file(_store_shared_once(state_dict), str(path / WEIGHTS_NAME), {"format": "pt"})
+        save_switchable(self, save_directory, state_dict)
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, device: str | torch.device = "cpu"
     ) -> SwitchableLM:
-        """Rebuild a model written by :meth:`save_pretrained` (local files only).
-
-        Builds the architecture with ``AutoModelForCausalLM.from_config`` (no remote code),
-        swaps it with the saved :class:`SwitchableConfig` and loads the weights strictly.
-        """
-        path = Path(directory)
-        for name in ("config.json", SWITCHABLE_CONFIG_NAME, WEIGHTS_NAME):
-            if not (path / name).is_file():
-                raise FileNotFoundError(
-                    f"directory: {path} has no {name}; expected a SwitchableLM.save_pretrained output"
-                )
-        switchable_config = config_from_dict(
-            SwitchableConfig,
-            json.loads((path / SWITCHABLE_CONFIG_NAME).read_text()),
-            SWITCHABLE_CONFIG_NAME,
-        )
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
-        switchable = cls.from_base(model, switchable_config)
-        saved = load_file(str(path / WEIGHTS_NAME))
-        missing, unexpected = switchable.load_state_dict(saved, strict=False)
-        current = switchable.state_dict()
-        loaded = {current[k].data_ptr() for k in saved if k in current}
-        untied = [k for k in missing if current[k].data_ptr() not in loaded]
-        if unexpected or untied:  # only keys tied to a loaded tensor may be absent
-            raise ValueError(
-                f"{path / WEIGHTS_NAME}: weights do not match the model: unexpected keys "
-                f"{unexpected[:5]}, missing keys {untied[:5]}"
-            )
-        return switchable.to(device)
-
-
-def _store_shared_once(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state_dict`` with each shared storage (tied weights) kept under its first key only;
-    safetensors refuses tensors that share memory."""
-    kept, seen = {}, set()
-    for key, tensor in state_dict.items():
-        pointer = (
-            (tensor.device, tensor.data_ptr(), tuple(tensor.shape)) if tensor.numel() else None
-        )
-        if pointer is not None and pointer in seen:
-            continue
-        if pointer is not None:
-            seen.add(pointer)
-        kept[key] = tensor.detach().contiguous()
-    return kept
-
-
-def _find_blocks(model: PreTrainedModel) -> tuple[str, int]:
-    """Name and length of the decoder-block list: the ``nn.ModuleList`` whose length is
-    ``config.num_hidden_layers`` and which holds QuantLinears (GPT-2 ``transformer.h``,
-    Llama/Qwen2 ``model.layers``)."""
-    num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    for name, module in model.named_modules():
-        if (
-            isinstance(module, nn.ModuleList)
-            and len(module) == num_layers
-            and any(isinstance(m, QuantLinear) for m in module.modules())
-        ):
-            return name, num_layers
-    raise ValueError(
-        f"model: found no nn.ModuleList of config.num_hidden_layers={num_layers} blocks "
-        "holding QuantLinear layers"
-    )
+        """Rebuild a model written by :meth:`save_pretrained` (local files only, no remote
+        code; see :func:`~router_pipelines.models.switchable_io.load_switchable`)."""
+        return load_switchable(cls, directory, device)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from router_pipelines.evaluation.bits import bit_report
+from router_pipelines.families.switchable import bit_report
 
 
 class StubQuantLinear(nn.Module):

@@ -1,4 +1,4 @@
-"""Switching strategies, the switchable loss (single width and joint) and its helpers."""
+"""The switchable family's losses: distillation, single-width and joint training, eval."""
 
 from __future__ import annotations
 
@@ -9,99 +9,14 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from router_pipelines.config import config_from_dict
 from router_pipelines.families.switchable import (
     DistillConfig,
     SwitchingConfig,
-    bit_widths_for_step,
     distillation_kl,
-    lr_multiplier_fn,
     make_eval_loss,
     make_switchable_loss,
-    width_step_counts,
 )
 from router_pipelines.models.switchable import SwitchableConfig, SwitchableLM
-
-
-def sequence(config: SwitchingConfig, steps: int) -> list:
-    return [bit_widths_for_step(step, config) for step in range(steps)]
-
-
-def single(config: SwitchingConfig, steps: int) -> list:
-    return [widths[0] for widths in sequence(config, steps)]
-
-
-# --- strategies ---------------------------------------------------------------------------
-
-
-def test_cyclic_sequence():
-    config = SwitchingConfig(strategy="cyclic", bit_widths=[2, 4, 8], switch_interval=2)
-    assert single(config, 8) == [2, 2, 4, 4, 8, 8, 2, 2]
-
-
-def test_random_sequence_is_a_function_of_seed_and_interval():
-    config = SwitchingConfig(strategy="random", bit_widths=[2, 4, 8], switch_interval=1, seed=0)
-    golden = single(config, 12)
-    assert golden == [8, 4, 8, 4, 4, 8, 4, 8, 2, 2, 2, 2]
-    assert single(copy.deepcopy(config), 12) == golden  # a resumed run sees the same widths
-    assert [bit_widths_for_step(s, config) for s in (11, 5)] == [[2], [8]]
-    assert single(SwitchingConfig(strategy="random", switch_interval=1, seed=1), 12) != golden
-    held = single(SwitchingConfig(strategy="random", switch_interval=3, seed=0), 12)
-    assert held == [w for w in golden[:4] for _ in range(3)]
-
-
-def test_scheduled_sequence_repeats():
-    config = SwitchingConfig(
-        strategy="scheduled",
-        bit_widths=[2, 4, 8],
-        bit_width_schedule=[8, 4, 2, 4, 8],
-        switch_interval=2,
-    )
-    assert single(config, 12) == [8, 8, 4, 4, 2, 2, 4, 4, 8, 8, 8, 8]
-
-
-def test_progressive_sequence_goes_high_to_low():
-    config = SwitchingConfig(strategy="progressive", bit_widths=[2, 4, 8], max_steps=6)
-    assert single(config, 8) == [8, 8, 4, 4, 2, 2, 2, 2]
-    uneven = SwitchingConfig(strategy="progressive", bit_widths=[4, 2, 8], max_steps=10)
-    assert single(uneven, 10) == [8, 8, 8, 8, 4, 4, 4, 2, 2, 2]
-    with_fp = SwitchingConfig(strategy="progressive", bit_widths=[4, "fp"], max_steps=4)
-    assert single(with_fp, 4) == [None, None, 4, 4]
-
-
-def test_joint_trains_every_width_high_to_low():
-    config = SwitchingConfig(strategy="joint", bit_widths=[2, None, 8])
-    assert sequence(config, 2) == [[None, 8, 2], [None, 8, 2]]
-
-
-def test_width_step_counts():
-    cyclic = SwitchingConfig(strategy="cyclic", bit_widths=[2, 4, 8], switch_interval=2)
-    assert width_step_counts(cyclic, 10) == {2: 4, 4: 4, 8: 2}
-    joint = SwitchingConfig(strategy="joint", bit_widths=[2, 8])
-    assert width_step_counts(joint, 5) == {2: 5, 8: 5}
-
-
-@pytest.mark.parametrize(
-    ("values", "message"),
-    [
-        ({"strategy": "annealed"}, r"strategy: 'annealed' .*\['cyclic', 'random', 'scheduled'"),
-        ({"strategy": "scheduled"}, r"bit_width_schedule: expected a non-empty list"),
-        (
-            {"strategy": "scheduled", "bit_width_schedule": []},
-            r"bit_width_schedule: expected a non",
-        ),
-        ({"bit_width_schedule": [8, 3]}, r"bit_width_schedule: width\(s\) \[3\] are not in"),
-        ({"switch_interval": 0}, r"switch_interval: expected an int >= 1, got 0"),
-        ({"strategy": "progressive"}, r"max_steps: .*strategy 'progressive' needs it"),
-        ({"bit_widths": [2, "four"]}, r"bit_widths: 'four' .*from 2 to 8"),
-        ({"bit_widths": [9]}, r"bit_widths: 9 .*from 2 to 8"),
-        ({"bit_widths": [4, 4]}, r"bit_widths: .* repeats"),
-        ({"seed": -1}, r"seed: expected an int >= 0"),
-    ],
-)
-def test_switching_config_errors(values, message):
-    with pytest.raises(ValueError, match=message):
-        config_from_dict(SwitchingConfig, values, "switching")
 
 
 def test_distill_config_errors():
@@ -109,19 +24,6 @@ def test_distill_config_errors():
         DistillConfig(temperature=0)
     with pytest.raises(ValueError, match="kd_weight: must be >= 0"):
         DistillConfig(kd_weight=-1.0)
-
-
-def test_lr_multiplier_per_precision():
-    cyclic = SwitchingConfig(strategy="cyclic", bit_widths=[2, 4, 8], switch_interval=1)
-    multiplier = lr_multiplier_fn(cyclic, {2: 2.0, "8": 0.5})
-    assert [multiplier(step) for step in range(4)] == [2.0, 1.0, 0.5, 2.0]
-    joint = lr_multiplier_fn(SwitchingConfig(strategy="joint"), {2: 2.0})
-    assert joint(0) == 1.0
-    with pytest.raises(ValueError, match=r"lr_multipliers: width 6 is not in bit_widths"):
-        lr_multiplier_fn(cyclic, {6: 2.0})
-
-
-# --- losses --------------------------------------------------------------------------------
 
 
 def reference_kl(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, t: float):
@@ -170,10 +72,27 @@ def test_single_width_loss_sets_precision_and_combines_terms(tiny_gpt2, batch):
         teacher_logits = teacher(input_ids=batch["input_ids"]).logits
     kd = reference_kl(out.logits, teacher_logits, batch["labels"], 2.0)
     assert_close(loss.double(), 0.5 * out.loss.double() + 2.0 * kd, rtol=1e-5, atol=1e-6)
-    assert metrics["bits"] == 4.0 and metrics["tokens"] == 19.0
-    assert metrics["ce"] == pytest.approx(out.loss.item(), rel=1e-6)
-    assert metrics["kd"] == pytest.approx(kd.item(), rel=1e-4)
-    assert metrics["loss"] == pytest.approx(loss.item())
+    assert metrics["bits"] == 4.0 and float(metrics["tokens"]) == 19.0
+    assert float(metrics["ce"]) == pytest.approx(out.loss.item(), rel=1e-6)
+    assert float(metrics["kd"]) == pytest.approx(kd.item(), rel=1e-4)
+    assert float(metrics["loss"]) == pytest.approx(loss.item())
+
+
+@pytest.mark.parametrize("strategy", ["cyclic", "joint"])
+def test_metrics_are_detached_scalar_tensors(tiny_gpt2, batch, strategy):
+    """The engine reduces metrics once per logging step: no float() (a device sync) here."""
+    model, teacher = switchable(tiny_gpt2, batch), copy.deepcopy(tiny_gpt2)
+    loss_fn = make_switchable_loss(teacher, SwitchingConfig(strategy=strategy), DistillConfig())
+    loss, metrics = loss_fn(model, batch, 0)
+    assert loss.requires_grad
+    tensors = {key: value for key, value in metrics.items() if key != "bits"}
+    assert {"loss", "ce", "kd", "tokens"} <= set(tensors)
+    for key, value in tensors.items():
+        assert isinstance(value, torch.Tensor) and value.dim() == 0, key
+        assert not value.requires_grad, key
+    assert isinstance(metrics["bits"], float)
+    _, eval_metrics = make_eval_loss(4)(model, batch, 0)
+    assert isinstance(eval_metrics["loss"], torch.Tensor) and not eval_metrics["loss"].requires_grad
 
 
 def test_first_call_initialises_every_trained_width(tiny_gpt2, batch):
@@ -225,7 +144,7 @@ def test_joint_gradient_is_the_sum_of_per_width_gradients(tiny_gpt2, batch):
     for name, grad in joint_grads.items():
         assert_close(grad, reference_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     assert loss.item() == pytest.approx(reference_total, rel=1e-5)
-    assert metrics["ce_2bit"] == pytest.approx(reference_ce[2], rel=1e-5)
+    assert float(metrics["ce_2bit"]) == pytest.approx(reference_ce[2], rel=1e-5)
     assert metrics["bits"] == pytest.approx(14 / 3)
     assert metrics["kd_inter"] > 0
 
@@ -256,7 +175,9 @@ def test_eval_loss_sets_the_width_and_reports_tokens(tiny_gpt2, batch):
     assert set(model.precision_map().values()) == {(2, 8)}
     with torch.no_grad():
         assert loss.item() == pytest.approx(model(**batch).loss.item())
-    assert metrics == {"loss": pytest.approx(loss.item()), "bits": 2.0, "tokens": 19.0}
+    assert set(metrics) == {"loss", "bits", "tokens"}
+    assert float(metrics["loss"]) == pytest.approx(loss.item())
+    assert metrics["bits"] == 2.0 and float(metrics["tokens"]) == 19.0
     make_eval_loss("fp")(model, batch, 0)
     assert set(model.precision_map().values()) == {(None, None)}
 

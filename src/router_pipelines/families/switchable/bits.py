@@ -1,4 +1,5 @@
-"""Effective bits, storage and compression of a switchable model at its current precision.
+"""Effective bits, storage and compression of a switchable model at its current precision (the
+cost columns of every bit setting, see :mod:`.settings`).
 
 Definitions (what :func:`bit_report` returns). A *quantized matrix* is the weight of a
 ``QuantLinear`` or the table of a ``QuantEmbedding`` (every module in

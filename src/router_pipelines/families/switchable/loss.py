@@ -1,11 +1,14 @@
-"""The switchable-precision family: which width trains at each step, and its loss.
+"""The switchable family's losses: distillation, the training loss and the eval loss.
 
-It plugs into the shared engine through the :data:`~router_pipelines.training.losses.LossFn`
-contract (``loss_fn(model, batch, step) -> (loss, metrics)``) and an optional
-``lr_multiplier_fn(step) -> float``. ``model`` is a
+They plug into the shared engine through the :data:`~router_pipelines.training.losses.LossFn`
+contract (``loss_fn(model, batch, step) -> (loss, metrics)``). ``model`` is a
 :class:`~router_pipelines.models.switchable.SwitchableLM`, possibly wrapped by Accelerate
 (DDP ``.module``) or ``torch.compile`` (``._orig_mod``): precision is set on the wrapped
 model, the forward goes through the wrapper.
+
+Metrics are detached 0-d tensors (``bits``, a constant, is a Python float), so the engine can
+read them once per logging step instead of waiting on every micro-batch's forward; ``tokens``
+is the count the engine weights eval means by.
 
 Under DDP, only the quantizers of the widths trained in a step get gradients, so the engine
 must build DDP with ``find_unused_parameters=True``.
@@ -13,67 +16,24 @@ must build DDP with ``find_unused_parameters=True``.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from router_pipelines.config import check_choice, check_positive
+from router_pipelines.config import check_positive
+from router_pipelines.constants import IGNORE_INDEX
+from router_pipelines.families.switchable.schedules import (
+    SwitchingConfig,
+    bit_widths_for_step,
+    bits_metric,
+)
 from router_pipelines.models.quantization import check_precision
-from router_pipelines.training.losses import IGNORE_INDEX, LossFn, causal_lm_loss
 
-STRATEGIES = ("cyclic", "random", "scheduled", "progressive", "joint")
-FP_BITS_METRIC = 32.0  # what the "bits" metric reports for a full-precision step
-
-
-@dataclass
-class SwitchingConfig:
-    """Which bit width(s) the student trains at each optimizer step.
-
-    Widths are ints 2..8 or ``None`` / ``"fp"`` (full precision). ``step`` is the 0-based
-    optimizer step; ``i = step // switch_interval`` is the interval index.
-
-    * ``cyclic``: ``bit_widths[i % n]``, in the given order.
-      ``[2, 4, 8]``, interval 2 -> 2, 2, 4, 4, 8, 8, 2, ...
-    * ``random``: ``bit_widths[k]``, ``k`` drawn from ``numpy.random.default_rng([seed, i])``:
-      a function of ``(seed, i)`` only, so a resumed run sees the same widths.
-    * ``scheduled``: ``bit_width_schedule[i % len(schedule)]``, e.g. ``[8, 4, 2, 4, 8]``.
-    * ``progressive``: high to low; ``max_steps`` split into ``n`` equal stages, stage
-      ``min(step * n // max_steps, n - 1)`` of the widths sorted high to low (FP highest).
-      ``[2, 4, 8]``, max_steps 6 -> 8, 8, 4, 4, 2, 2 (and 2 after ``max_steps``).
-    * ``joint``: every width at every step, sorted high to low (Any-Precision DNN).
-    """
-
-    strategy: str = "cyclic"  # one of STRATEGIES
-    bit_widths: list[int | None] = field(default_factory=lambda: [2, 4, 8])  # trained widths
-    switch_interval: int = 10  # steps a width is held (cyclic, random, scheduled)
-    bit_width_schedule: list[int | None] | None = None  # the "scheduled" sequence
-    seed: int = 0  # "random": widths are a function of (seed, step // switch_interval)
-    max_steps: int | None = None  # "progressive": the run length split into stages
-
-    def __post_init__(self) -> None:
-        check_choice("strategy", self.strategy, STRATEGIES)
-        self.bit_widths = _check_widths("bit_widths", self.bit_widths)
-        if len(set(self.bit_widths)) != len(self.bit_widths):
-            raise ValueError(f"bit_widths: {self.bit_widths} repeats a width; list each once")
-        _check_int("switch_interval", self.switch_interval, minimum=1)
-        _check_int("seed", self.seed, minimum=0)
-        if self.max_steps is not None or self.strategy == "progressive":
-            _check_int("max_steps", self.max_steps, minimum=1, needed_by=self.strategy)
-        if self.bit_width_schedule is not None or self.strategy == "scheduled":
-            schedule = _check_widths("bit_width_schedule", self.bit_width_schedule)
-            outside = [b for b in schedule if b not in self.bit_widths]
-            if outside:
-                raise ValueError(
-                    f"bit_width_schedule: width(s) {outside} are not in bit_widths "
-                    f"{self.bit_widths}"
-                )
-            self.bit_width_schedule = schedule
+if TYPE_CHECKING:  # the contract's type only: importing the engine package is not needed here
+    from router_pipelines.training.losses import LossFn
 
 
 @dataclass
@@ -89,68 +49,6 @@ class DistillConfig:
         for name in ("ce_weight", "kd_weight", "inter_width_kd_weight"):
             check_positive(name, getattr(self, name), allow_zero=True)
         check_positive("temperature", self.temperature)
-
-
-def bit_widths_for_step(step: int, config: SwitchingConfig) -> list[int | None]:
-    """The width(s) trained at 0-based optimizer ``step`` (sequences: :class:`SwitchingConfig`).
-
-    Returns:
-        One width, or every width high to low for ``joint``.
-    """
-    widths = config.bit_widths
-    interval = step // config.switch_interval
-    if config.strategy == "cyclic":
-        return [widths[interval % len(widths)]]
-    if config.strategy == "random":
-        index = int(np.random.default_rng([config.seed, interval]).integers(len(widths)))
-        return [widths[index]]
-    if config.strategy == "scheduled":
-        schedule = config.bit_width_schedule
-        return [schedule[interval % len(schedule)]]
-    high_to_low = sorted(widths, key=_precision_rank, reverse=True)
-    if config.strategy == "progressive":
-        stage = min(step * len(widths) // config.max_steps, len(widths) - 1)
-        return [high_to_low[stage]]
-    return high_to_low
-
-
-def width_step_counts(config: SwitchingConfig, max_steps: int) -> dict[int | None, int]:
-    """How many of the steps ``0..max_steps-1`` train each width (joint: all of them)."""
-    _check_int("max_steps", max_steps, minimum=1)
-    counts = {width: 0 for width in config.bit_widths}
-    for step in range(max_steps):
-        for width in bit_widths_for_step(step, config):
-            counts[width] += 1
-    return counts
-
-
-def lr_multiplier_fn(
-    switching: SwitchingConfig, multipliers: Mapping[Any, float]
-) -> Callable[[int], float]:
-    """Per-precision learning-rate multiplier: ``step -> multipliers[width of step]``.
-
-    Widths missing from ``multipliers`` get 1.0. Under ``joint`` every step trains every
-    width with one optimizer step, so the multiplier is always 1.0.
-
-    Raises:
-        ValueError: a key that is not one of ``switching.bit_widths``, or a value <= 0.
-    """
-    table: dict[int | None, float] = {}
-    for key, value in multipliers.items():
-        width = check_precision("lr_multipliers", key)
-        if width not in switching.bit_widths:
-            raise ValueError(
-                f"lr_multipliers: width {key!r} is not in bit_widths {switching.bit_widths}"
-            )
-        check_positive(f"lr_multipliers.{key}", value)
-        table[width] = float(value)
-
-    def multiplier(step: int) -> float:
-        if switching.strategy == "joint":
-            return 1.0
-        return table.get(bit_widths_for_step(step, switching)[0], 1.0)
-
-    return multiplier
 
 
 def distillation_kl(
@@ -236,7 +134,8 @@ def make_switchable_loss(
     initialises the step sizes of every trained width on its batch
     (``SwitchableLM.initialize_quantizers``).
 
-    Metrics: ``loss``, ``ce``, ``kd``, ``bits`` (32 for FP), ``tokens``; joint reports the
+    Metrics (detached 0-d tensors; ``bits`` a float): ``loss``, ``ce``, ``kd``, ``bits``
+    (32 for FP), ``tokens``; joint reports the
     means over widths for ``ce``/``kd``/``bits``, plus ``kd_inter`` and ``ce_<b>bit``
     (``ce_fp``) per width.
     """
@@ -247,7 +146,7 @@ def make_switchable_loss(
 
     def loss_fn(
         model: nn.Module, batch: dict[str, torch.Tensor], step: int
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         widths = bit_widths_for_step(step, switching)
         student = _switchable_of(model)
         if not prepared:
@@ -263,16 +162,17 @@ def make_switchable_loss(
             teacher_targets = soft_targets(
                 _teacher_logits(teacher, batch), batch["labels"], distill.temperature
             )
-        tokens = float((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum().float()
         if switching.strategy != "joint":
             student.set_precision(widths[0])
             output = _forward(model, batch)
             loss, parts = _width_loss(output, batch, teacher_targets, None, distill)
-            metrics = {"ce": parts["ce"], "kd": parts["kd"], "bits": _bits_metric(widths[0])}
-            return loss, {"loss": float(loss.detach()), **metrics, "tokens": tokens}
+            metrics = {"ce": parts["ce"], "kd": parts["kd"], "bits": bits_metric(widths[0])}
+            return loss, {"loss": loss.detach(), **metrics, "tokens": tokens}
         # One forward call runs every width (DDP allows one forward per backward).
         outputs = _forward(model, batch, precisions=widths)
-        total, higher_logits, per_width = 0.0, None, []
+        total: Any = 0.0
+        higher_logits, per_width = None, []
         for output in outputs:
             loss, parts = _width_loss(output, batch, teacher_targets, higher_logits, distill)
             total = total + loss
@@ -281,12 +181,14 @@ def make_switchable_loss(
         metrics = {
             "ce": sum(p["ce"] for p in per_width) / len(widths),
             "kd": sum(p["kd"] for p in per_width) / len(widths),
-            "kd_inter": sum(p["kd_inter"] for p in per_width[1:]) / max(len(widths) - 1, 1),
-            "bits": sum(_bits_metric(b) for b in widths) / len(widths),
+            # the highest width has no higher one: its kd_inter is a zero tensor, the sum's start
+            "kd_inter": sum((p["kd_inter"] for p in per_width[1:]), per_width[0]["kd_inter"])
+            / max(len(widths) - 1, 1),
+            "bits": sum(bits_metric(b) for b in widths) / len(widths),
         }
         for bits, parts in zip(widths, per_width, strict=True):
             metrics[f"ce_{'fp' if bits is None else f'{bits}bit'}"] = parts["ce"]
-        return total, {"loss": float(total.detach()), **metrics, "tokens": tokens}
+        return total, {"loss": total.detach(), **metrics, "tokens": tokens}
 
     return loss_fn
 
@@ -300,10 +202,12 @@ def make_eval_loss(bits: int | str | None) -> LossFn:
 
     def eval_loss(
         model: nn.Module, batch: dict[str, torch.Tensor], step: int
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        from router_pipelines.training.losses import causal_lm_loss
+
         _switchable_of(model).set_precision(width)
         loss, metrics = causal_lm_loss(model, batch, step)
-        return loss, {"loss": float(loss.detach()), "bits": _bits_metric(width), **metrics}
+        return loss, {"loss": loss.detach(), "bits": bits_metric(width), **metrics}
 
     return eval_loss
 
@@ -327,18 +231,19 @@ def _width_loss(
     teacher_targets: SoftTargets | None,
     higher_logits: torch.Tensor | None,
     distill: DistillConfig,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one width's HF ``output``: ``(loss, {ce, kd, kd_inter})``."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of one width's HF ``output``: ``(loss, {ce, kd, kd_inter})``, parts detached."""
     loss = distill.ce_weight * output.loss
-    parts = {"ce": float(output.loss.detach()), "kd": 0.0, "kd_inter": 0.0}
+    zero = output.loss.new_zeros((), dtype=torch.float32).detach()
+    parts = {"ce": output.loss.detach(), "kd": zero, "kd_inter": zero}
     if teacher_targets is not None:
         kd = _kl_to_targets(output.logits, teacher_targets)
         loss = loss + distill.kd_weight * kd
-        parts["kd"] = float(kd.detach())
+        parts["kd"] = kd.detach()
     if higher_logits is not None and distill.inter_width_kd_weight > 0:
         kd = distillation_kl(output.logits, higher_logits, batch["labels"], distill.temperature)
         loss = loss + distill.inter_width_kd_weight * kd
-        parts["kd_inter"] = float(kd.detach())
+        parts["kd_inter"] = kd.detach()
     return loss, parts
 
 
@@ -366,23 +271,3 @@ def _switchable_of(model: nn.Module) -> nn.Module:
             )
         inner = unwrapped
     return inner
-
-
-def _precision_rank(bits: int | None) -> float:
-    return math.inf if bits is None else bits
-
-
-def _bits_metric(bits: int | None) -> float:
-    return FP_BITS_METRIC if bits is None else float(bits)
-
-
-def _check_widths(key: str, widths: Any) -> list[int | None]:
-    if not isinstance(widths, list | tuple) or not widths:
-        raise ValueError(f"{key}: expected a non-empty list of bit widths, got {widths!r}")
-    return [check_precision(key, width) for width in widths]
-
-
-def _check_int(key: str, value: Any, *, minimum: int, needed_by: str | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        reason = f" (strategy {needed_by!r} needs it)" if needed_by else ""
-        raise ValueError(f"{key}: expected an int >= {minimum}{reason}, got {value!r}")
