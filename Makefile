@@ -6,14 +6,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
-# Nothing in this project talks to the network at run time.
+# Nothing in this project talks to the network at run time: no telemetry (the same switches
+# as router_pipelines/telemetry.py; a value the user set is kept).
 export KEDRO_DISABLE_TELEMETRY := 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export HF_HUB_DISABLE_TELEMETRY ?= 1
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK := true
 
-.PHONY: install run run-debug test lint format viz mlflow-ui benchmarks clean
+.PHONY: install run run-debug test lint format viz mlflow-ui benchmarks clean clean-all
 
 install: $(STAMP)
 
@@ -50,5 +53,33 @@ mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000 over the project's sto
 benchmarks: install  ## writes figures to docs/benchmarks.md (see benchmarks/README.md)
 	$(BIN)/python benchmarks/run_all.py
 
-clean:  ## removes outputs, not the venv or the embedded corpus
-	rm -rf data/0[2-8]_*/* mlflow.db mlruns build
+# `make clean`: only what the next run rebuilds cheaply (token caches, reports, staging folders,
+# Kedro-Viz output, leftovers of interrupted atomic writes). Never models, checkpoints or MLflow.
+CHEAP_OUTPUTS = $(wildcard data/04_feature/token_cache* data/08_reporting/* data/02_intermediate/*) \
+	$(wildcard build .viz)
+# `make clean-all` also removes these, plus everything under data/ but the embedded corpus.
+RUN_HISTORY = $(wildcard mlflow.db mlflow.db-* mlruns mlartifacts)
+CORPUS = data/01_raw/python_docs.jsonl
+
+clean:  ## removes token caches, reports, staging folders, build/, .viz (not models or MLflow)
+	@removed=0; \
+	for path in $(CHEAP_OUTPUTS) $$(find data \( -name '.tmp-*' -o -name '.old-*' \) -prune 2>/dev/null); do \
+		[ -e "$$path" ] || continue; \
+		rm -rf -- "$$path" && echo "removed $$path" && removed=1; \
+	done; \
+	[ $$removed = 1 ] || echo "nothing to clean"; \
+	echo "kept: models, checkpoints, mlflow.db and artifacts (make clean-all deletes them)"
+
+clean-all:  ## deletes models, checkpoints, MLflow runs/registry, all of data/ but the corpus (asks; FORCE=1)
+	@paths=$$( { for path in $(RUN_HISTORY) $(wildcard build .viz); do echo "$$path"; done; \
+		find data -mindepth 2 -maxdepth 2 ! -name .gitkeep ! -path '$(CORPUS)' 2>/dev/null; \
+		find data -mindepth 1 -maxdepth 1 -type f ! -name .gitkeep 2>/dev/null; } | sort -u ); \
+	if [ -z "$$paths" ]; then echo "nothing to delete"; exit 0; fi; \
+	echo "make clean-all deletes (models, checkpoints, runs and registry cannot be rebuilt cheaply):"; \
+	echo "$$paths" | sed 's/^/  /'; \
+	if [ "$(FORCE)" != 1 ]; then \
+		printf 'Delete all of this? [y/N] '; \
+		read -r answer || answer=; \
+		case "$$answer" in y|Y|yes|YES) ;; *) echo "nothing deleted (answer y, or run make clean-all FORCE=1)"; exit 1;; esac; \
+	fi; \
+	echo "$$paths" | while read -r path; do rm -rf -- "$$path" && echo "removed $$path"; done

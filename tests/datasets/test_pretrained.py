@@ -1,21 +1,11 @@
 import time
+from pathlib import Path
 
 import pytest
 import torch
-from kedro.io.core import Version
-from transformers import GPT2Config, GPT2LMHeadModel
+from kedro.io.core import DatasetError, Version
 
 from router_pipelines.datasets import PretrainedModelDataset, PretrainedTokenizerDataset
-from router_pipelines.models.bundle import ModelBundle
-
-
-@pytest.fixture
-def bundle(char_tokenizer):
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=28, n_positions=16)
-    )
-    return ModelBundle(model=model, tokenizer=char_tokenizer, metadata={"note": "x"})
 
 
 def test_versioned_model_dataset_never_overwrites_and_loads_newest(tmp_path, bundle):
@@ -27,7 +17,7 @@ def test_versioned_model_dataset_never_overwrites_and_loads_newest(tmp_path, bun
         bundle.model.transformer.wte.weight.add_(1.0)
     PretrainedModelDataset(str(path), version=Version(None, None)).save(bundle)
     assert len(list(path.iterdir())) == 2
-    assert not any(p.name.startswith(".") for p in path.iterdir()), "no temp folder left behind"
+    assert not any(p.name.startswith(".") for p in path.rglob("*")), "no temp folder left behind"
 
     loaded = PretrainedModelDataset(str(path), version=Version(None, None)).load()
     torch.testing.assert_close(
@@ -54,6 +44,16 @@ def test_failed_save_leaves_nothing_half_written(tmp_path, bundle, monkeypatch):
     assert not dataset.exists()
 
 
+def test_reused_model_is_not_saved_twice(tmp_path, bundle):
+    path = tmp_path / "base_lm"
+    PretrainedModelDataset(str(path), version=Version(None, None)).save(bundle)
+    loaded = PretrainedModelDataset(str(path), version=Version(None, None)).load()
+    again = PretrainedModelDataset(str(path), version=Version(None, None))
+    again.save(loaded)
+    assert len(list(path.iterdir())) == 1
+    assert again.load().source_dir == loaded.source_dir
+
+
 def test_tokenizer_dataset_round_trip_and_replace(tmp_path, bundle):
     dataset = PretrainedTokenizerDataset(str(tmp_path / "tok"))
     assert not dataset.exists()
@@ -61,3 +61,37 @@ def test_tokenizer_dataset_round_trip_and_replace(tmp_path, bundle):
     dataset.save(bundle.tokenizer)  # replaces in place
     assert dataset.exists()
     assert dataset.load()("abc")["input_ids"] == [2, 3, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"], "no temp or old folder left"
+
+
+def test_versioned_tokenizer_keeps_every_version(tmp_path, bundle):
+    path = tmp_path / "tokenizer"
+    dataset = PretrainedTokenizerDataset(str(path), version=Version(None, None))
+    assert not dataset.exists()
+    dataset.save(bundle.tokenizer)
+    first = next(path.iterdir())
+    time.sleep(0.01)
+    bundle.tokenizer.add_tokens(["<new>"])
+    PretrainedTokenizerDataset(str(path), version=Version(None, None)).save(bundle.tokenizer)
+    assert len(list(path.iterdir())) == 2
+    assert (first / "tokenizer" / "tokenizer_config.json").is_file()  # <path>/<version>/<name>
+
+    newest = PretrainedTokenizerDataset(str(path), version=Version(None, None)).load()
+    assert "<new>" in newest.get_vocab()
+    pinned = PretrainedTokenizerDataset(str(path), version=Version(first.name, None)).load()
+    assert "<new>" not in pinned.get_vocab()
+
+
+def test_failed_tokenizer_save_keeps_the_previous_one(tmp_path, bundle, monkeypatch):
+    dataset = PretrainedTokenizerDataset(str(tmp_path / "tok"))
+    dataset.save(bundle.tokenizer)
+
+    def half_written(directory, *args, **kwargs):
+        (Path(directory) / "tokenizer_config.json").write_text("{")
+        raise OSError("killed")
+
+    monkeypatch.setattr(bundle.tokenizer, "save_pretrained", half_written)
+    with pytest.raises(DatasetError, match="killed"):
+        dataset.save(bundle.tokenizer)
+    assert dataset.load()("abc")["input_ids"] == [2, 3, 4]
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())

@@ -1,5 +1,47 @@
-"""Kedro datasets for Hugging Face style folders (``save_pretrained`` / ``from_pretrained``)."""
+"""Kedro datasets of the project.
 
-from router_pipelines.datasets.pretrained import PretrainedModelDataset, PretrainedTokenizerDataset
+* :class:`PretrainedModelDataset`, :class:`PretrainedTokenizerDataset` — ``save_pretrained``
+  folders (optionally versioned), written atomically.
+* :class:`ModelVersionsDataset` — every saved version of a model, read lazily (read-only).
+* :class:`ModelRegistryDataset` — the MLflow Model Registry, read without unpickling (read-only).
+* :class:`AtomicJSONDataset`, :class:`AtomicParquetDataset`, :class:`AtomicMatplotlibDataset` —
+  kedro-datasets' report datasets with atomic local writes (wrappable by
+  ``MlflowArtifactDataset``).
 
-__all__ = ["PretrainedModelDataset", "PretrainedTokenizerDataset"]
+Names are imported on first use (PEP 562), as kedro-datasets does: a catalog that uses one
+dataset does not pay for importing pandas, pyarrow and matplotlib for the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AtomicJSONDataset": "atomic",
+    "AtomicMatplotlibDataset": "atomic",
+    "AtomicParquetDataset": "atomic",
+    "ModelRegistry": "registry",
+    "ModelRegistryDataset": "registry",
+    "ModelStore": "model_store",
+    "ModelVersionsDataset": "model_store",
+    "PretrainedModelDataset": "pretrained",
+    "PretrainedTokenizerDataset": "pretrained",
+    "RegisteredModelVersion": "registry",
+    "StoredModel": "model_store",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
