@@ -229,16 +229,15 @@ def test_joint_switchable_training_runs_under_ddp(project, tmp_path):
     """`joint` runs every width before one backward: DDP must see one forward for it."""
     params = "pretrain.training.cpu=true,switchable.training.cpu=true"
     _launch_two_processes(project, tmp_path, "switchable", params)
-    summary = json.loads(
-        (project / "data/08_reporting/switchable_training_summary.json").read_text()
-    )
-    report = json.loads((project / "data/08_reporting/data_report.json").read_text())
+    reports = project / "data/08_reporting/debug"
+    summary = json.loads((reports / "switchable/training_summary.json").read_text())
+    report = json.loads((reports / "data_processing/data_report.json").read_text())
     assert summary["strategy"] == "joint"
     steps = summary["global_step"]
     assert summary["steps_per_width"] == {"2bit": steps, "4bit": steps, "8bit": steps}
     assert summary["tokens_seen"] == steps * 2 * 8 * report["seq_len"]  # 2 processes x batch 8
     models = project / "data/06_models/debug"
-    assert len([p for p in (models / "switchable_lm").iterdir() if not p.name.startswith(".")]) == 1
+    assert len([p for p in (models / "switchable").iterdir() if not p.name.startswith(".")]) == 1
 
 
 @pytest.mark.slow
@@ -247,19 +246,20 @@ def test_two_processes_train_once_and_only_the_main_process_writes(project, tmp_
     uri = _launch_two_processes(project, tmp_path, "pretrain", params)
 
     models = project / "data/06_models/debug"
-    versions = [p for p in (models / "base_lm").iterdir() if not p.name.startswith(".")]
+    versions = [p for p in (models / "pretrain").iterdir() if not p.name.startswith(".")]
     assert len(versions) == 1, versions
-    assert (versions[0] / "base_lm" / "model.safetensors").is_file()
+    assert (versions[0] / "pretrain" / "model.safetensors").is_file()
     cache = project / "data/04_feature/token_cache_debug"
     assert len(list(cache.iterdir())) == 1, "one cache entry, no staging folder left behind"
 
     # Trained together: each step saw 2 processes x batch_size rows of seq_len tokens.
-    summary = json.loads((project / "data/08_reporting/pretrain_summary.json").read_text())
-    report = json.loads((project / "data/08_reporting/data_report.json").read_text())
+    reports = project / "data/08_reporting/debug"
+    summary = json.loads((reports / "pretrain/training_summary.json").read_text())
+    report = json.loads((reports / "data_processing/data_report.json").read_text())
     assert summary["global_step"] == TRAINING["max_steps"]
     steps, batch_size = TRAINING["max_steps"], TRAINING["batch_size"]
     assert summary["tokens_seen"] == steps * 2 * batch_size * report["seq_len"]
-    checkpoint = models / "checkpoints/pretrain/checkpoint-12"
+    (checkpoint,) = (models / "checkpoints/pretrain").glob("*/checkpoint-12")  # one run folder
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     assert state["global_batch_size"] == 2 * batch_size
     assert (checkpoint / "random_states_1.pkl").is_file()
@@ -272,5 +272,5 @@ def test_two_processes_train_once_and_only_the_main_process_writes(project, tmp_
     model_versions = client.search_model_versions("name='base_lm'")
     assert [(str(v.version), v.run_id) for v in model_versions] == [("1", run_id)]
     # one point per logging_steps, logged by the main process only
-    train_loss = client.get_metric_history(run_id, "train_loss")
+    train_loss = client.get_metric_history(run_id, "pretrain/train_loss")
     assert sorted(m.step for m in train_loss) == [4, 8, 12]

@@ -1,48 +1,6 @@
 import mlflow
-import pytest
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
-from router_pipelines.models.bundle import ModelBundle
-from router_pipelines.tracking import loss_curve_figure, metric_logger, register_bundle
-
-
-@pytest.fixture
-def bundle(char_tokenizer):
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=1,
-        n_embd=16,
-        n_head=2,
-        vocab_size=28,
-        n_positions=32,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    return ModelBundle(model=GPT2LMHeadModel(config), tokenizer=char_tokenizer)
-
-
-def test_register_bundle_creates_versions_loadable_as_pyfunc(mlflow_store, bundle):
-    with mlflow.start_run() as run:
-        first = register_bundle(bundle, "base_lm", tags={"train_loss": 1.5})
-        second = register_bundle(bundle, "base_lm")
-    assert (first["version"], second["version"]) == ("1", "2")
-    assert first["run_id"] == run.info.run_id
-    client = mlflow.MlflowClient()
-    assert client.get_model_version("base_lm", "1").tags["train_loss"] == "1.5"
-    assert "tokenizer" in {a.path for a in client.list_artifacts(run.info.run_id)}
-
-    loaded = mlflow.pyfunc.load_model("models:/base_lm/2")
-    outputs = loaded.predict(["abc"], params={"max_new_tokens": 3})
-    assert len(outputs) == 1 and isinstance(outputs[0], str)
-    inner = loaded.unwrap_python_model().bundle.model
-    ids = torch.tensor([[2, 3, 4]])
-    torch.testing.assert_close(inner(ids).logits, bundle.model.eval()(ids).logits)
-
-
-def test_register_bundle_without_a_run_says_how_to_get_one(mlflow_store, bundle):
-    with pytest.raises(RuntimeError, match="needs an active MLflow run"):
-        register_bundle(bundle, "base_lm")
+from router_pipelines.tracking import loss_curve_figure, metric_logger, metric_namespace
 
 
 def test_metric_logger_logs_history_only_inside_a_run(mlflow_store):
@@ -66,3 +24,32 @@ def test_loss_curve_figure_plots_train_and_eval():
     )
     labels = [line.get_label() for line in figure.axes[0].get_lines()]
     assert labels == ["train loss", "eval loss"]
+
+
+def test_metrics_are_logged_under_the_namespace_of_the_node(mlflow_store):
+    """Two trainings in one run keep one history each (issue 7: histories collided)."""
+    with mlflow.start_run() as run:
+        with metric_namespace("pretrain"):
+            pretrain_log = metric_logger()
+        with metric_namespace("switchable"):
+            metric_logger()({"train_loss": 3.0}, 1)
+        pretrain_log({"train_loss": 2.0}, 1)  # made inside the node, called later
+        metric_logger()({"train_loss": 9.0}, 1)  # outside any node: no prefix
+    client = mlflow.MlflowClient()
+    history = {
+        name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)]
+        for name in ("pretrain/train_loss", "switchable/train_loss", "train_loss")
+    }
+    assert history == {
+        "pretrain/train_loss": [(1, 2.0)],
+        "switchable/train_loss": [(1, 3.0)],
+        "train_loss": [(1, 9.0)],
+    }
+
+
+def test_loss_curve_figure_is_not_left_open_in_pyplot():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    loss_curve_figure({"train_loss": [(0, 1.0)]}, "t")
+    assert plt.get_fignums() == before

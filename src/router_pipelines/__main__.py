@@ -9,8 +9,11 @@ from typing import Any
 from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
+from router_pipelines.telemetry import disable_telemetry
+
 
 def main(*args, **kwargs) -> Any:
+    disable_telemetry()  # before the kedro-mlflow plugin imports mlflow
     package_name = Path(__file__).parent.name
     configure_project(package_name)
 

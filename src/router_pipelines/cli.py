@@ -76,4 +76,5 @@ def cli() -> None:
     """Commands of the router_pipelines project."""
 
 
-cli.add_command(_run_with_list_params(), "run")
+run = _run_with_list_params()
+cli.add_command(run, "run")

@@ -106,6 +106,84 @@ def main_process_first() -> Iterator[None]:
         yield
 
 
+class MetricNamespace:
+    """Logs every metric a node logs under the node's namespace (``pretrain/train_loss``).
+
+    Several trainings share one MLflow run (the default DAG trains the base model, then the
+    switchable model); without a prefix their histories would interleave under one name.
+    """
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, Any] = {}
+
+    @hook_impl
+    def before_node_run(self, node: Any) -> None:
+        from router_pipelines.tracking import set_metric_namespace
+
+        self._tokens[node.name] = set_metric_namespace(node.namespace)
+
+    @hook_impl
+    def after_node_run(self, node: Any) -> None:
+        self._reset(node)
+
+    @hook_impl
+    def on_node_error(self, node: Any) -> None:
+        self._reset(node)
+
+    def _reset(self, node: Any) -> None:
+        from router_pipelines.tracking import reset_metric_namespace
+
+        token = self._tokens.pop(node.name, None)
+        if token is not None:
+            reset_metric_namespace(token)
+
+
+class CloseMlflowRuns:
+    """Leaves no MLflow run active after a ``kedro run`` in this process.
+
+    kedro-mlflow re-opens the pipeline's run before every node (``start_run(run_id=...,
+    nested=True)``), which MLflow 3 pushes onto its active-run stack each time; its
+    ``after_pipeline_run`` then ends only the top one. A notebook, a test or anything else that
+    runs a second session in the same process would log into the stale run (and fail on the
+    first parameter that changed). This ends what is left once the run is over, after
+    kedro-mlflow's own hooks, down to whatever run was active before the pipeline started.
+    """
+
+    def __init__(self) -> None:
+        self._outer_run_id: str | None = None
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self) -> None:
+        self._outer_run_id = _active_run_id()
+
+    @hook_impl(trylast=True)
+    def after_pipeline_run(self) -> None:
+        self._close("FINISHED")
+
+    @hook_impl(trylast=True)
+    def on_pipeline_error(self) -> None:
+        self._close("FAILED")
+
+    def _close(self, status: str) -> None:
+        import sys
+
+        if "mlflow" not in sys.modules:  # nothing can be active
+            return
+        import mlflow
+
+        while (run_id := _active_run_id()) is not None and run_id != self._outer_run_id:
+            mlflow.end_run(status)
+
+
+def _active_run_id() -> str | None:
+    import sys
+
+    if "mlflow" not in sys.modules:
+        return None
+    run = sys.modules["mlflow"].active_run()
+    return None if run is None else run.info.run_id
+
+
 class MainProcessOnlyOutputs:
     """Keeps every output of the run in memory on processes other than the main one."""
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from router_pipelines.hooks import is_main_process
+from router_pipelines.telemetry import disable_telemetry
 
 
 def _runtime_params(value: str) -> dict[str, Any]:
@@ -86,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     Returns:
         What ``KedroSession.run`` returns (the pipeline's free outputs).
     """
+    disable_telemetry()  # before Kedro's session imports mlflow
     args = parse_args(argv)
     if args.cpu:
         # Read by every Accelerator (and the token-cache barrier) that this process builds.

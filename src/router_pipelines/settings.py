@@ -1,13 +1,28 @@
 """Kedro project settings."""
 
+# First, before anything can import mlflow or huggingface_hub: no telemetry (telemetry.py).
+from router_pipelines.telemetry import disable_telemetry
+
+disable_telemetry()
+
+# ruff: noqa: E402 - the imports below come after the switch on purpose
 from omegaconf.resolvers import oc
 
-from router_pipelines.hooks import WRITING_PLUGINS, MainProcessOnlyOutputs, is_main_process
+from router_pipelines.hooks import (
+    WRITING_PLUGINS,
+    CloseMlflowRuns,
+    MainProcessOnlyOutputs,
+    MetricNamespace,
+    is_main_process,
+)
+from router_pipelines.validation import ValidateParameters
 
-# Under `accelerate launch` only the main process writes (see hooks.py): the other processes
-# keep every pipeline output in memory and run without the plugins that write (kedro-mlflow's
-# run, kedro-viz's run statistics).
-HOOKS = (MainProcessOnlyOutputs(),)
+# ValidateParameters: every parameter checked before the first node (and before kedro-mlflow
+# opens a run). MetricNamespace: each node's metrics under its namespace. Under `accelerate
+# launch` only the main process writes (see hooks.py): the other processes keep every pipeline
+# output in memory and run without the plugins that write (kedro-mlflow's run, kedro-viz's run
+# statistics). CloseMlflowRuns: no MLflow run left active in the process after a run.
+HOOKS = (ValidateParameters(), MetricNamespace(), MainProcessOnlyOutputs(), CloseMlflowRuns())
 
 # kedro-telemetry would try to reach the network; the project never sends telemetry
 # (consent is also refused in the `.telemetry` file at the project root).

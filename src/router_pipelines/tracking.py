@@ -1,170 +1,91 @@
-"""MLflow glue shared by the pipelines: live metric logging, figures and model registration.
+"""MLflow glue shared by the pipelines: live metrics under each family's prefix, and figures.
 
 kedro-mlflow opens one MLflow run per ``kedro run`` and logs parameters and catalog artifacts.
-What a catalog dataset cannot do lives here: metrics logged *while* a node trains (so the MLflow
-UI shows a live curve) and registering a model folder as a new version in the Model Registry.
-Every function is a no-op or a clear error when no run is active, so library code and unit tests
-run without MLflow.
+What a catalog dataset cannot do lives here: metrics logged *while* a node trains, so the MLflow
+UI shows a live curve. Several trainings share that one run (the default DAG trains the base
+model and then the switchable model), so every metric is logged under the namespace of the node
+that logs it: ``pretrain/train_loss``, ``switchable/train_loss``,
+``switchable/eval/uniform_2bit/perplexity``. The project's :class:`MetricNamespace` hook sets
+that namespace around each node; nodes never spell it out. Model registration lives in
+:mod:`router_pipelines.serving`.
+
+Every function is a no-op when no run is active, so library code and unit tests run without
+MLflow. ``mlflow`` is imported on first use: importing this module costs nothing at start-up.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import tempfile
-from collections.abc import Callable, Mapping
-from importlib import metadata
-from pathlib import Path
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-import mlflow
+from matplotlib.figure import Figure
 
-from router_pipelines.models.bundle import ModelBundle, load_bundle, save_bundle
+# The namespace of the node now running ("" outside a namespaced node); see MetricNamespace.
+_namespace: contextvars.ContextVar[str] = contextvars.ContextVar("metric_namespace", default="")
 
-logger = logging.getLogger(__name__)
 
-# Model logging must never reach for the network to infer requirements (offline machines).
-os.environ.setdefault("MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK", "true")
+def metric_prefix() -> str:
+    """``"<namespace>/"`` for the node now running (``"a/b/"`` for ``a.b``), or ``""``."""
+    namespace = _namespace.get()
+    return f"{namespace.replace('.', '/')}/" if namespace else ""
+
+
+@contextlib.contextmanager
+def metric_namespace(namespace: str | None) -> Iterator[None]:
+    """Log every metric inside the block under ``namespace`` (e.g. a node's namespace)."""
+    token = _namespace.set(namespace or "")
+    try:
+        yield
+    finally:
+        _namespace.reset(token)
+
+
+def set_metric_namespace(namespace: str | None) -> contextvars.Token:
+    """Set the namespace until :func:`reset_metric_namespace` (for hooks split in two calls)."""
+    return _namespace.set(namespace or "")
+
+
+def reset_metric_namespace(token: contextvars.Token) -> None:
+    _namespace.reset(token)
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Log ``metrics`` to the active MLflow run; nothing when no run is active."""
-    if mlflow.active_run() is not None and metrics:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    """Log ``metrics`` to the active MLflow run under the current namespace; nothing without a run."""
+    if not metrics:
+        return
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    prefix = metric_prefix()
+    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items()}, step=step)
 
 
 def metric_logger(prefix: str = "") -> Callable[[Mapping[str, float], int], None]:
-    """A ``log_fn(metrics, step)`` for the training engine that logs to the active MLflow run."""
+    """A ``log_fn(metrics, step)`` for the training engine; ``prefix`` goes after the namespace.
+
+    The namespace is read when the logger is made (inside the node), so a logger handed to
+    a callback that runs later still logs under the node's namespace.
+    """
+    namespace = _namespace.get()
 
     def log(metrics: Mapping[str, float], step: int) -> None:
-        log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
+        with metric_namespace(namespace):
+            log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step=step)
 
     return log
 
 
-def _pinned(packages: list[str]) -> list[str]:
-    pins = []
-    for name in packages:
-        try:
-            pins.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            pins.append(name)
-    return pins
+def loss_curve_figure(history: Mapping[str, list[tuple[int, float]]], title: str) -> Figure:
+    """Train and eval loss (and lr on a twin axis) against the optimizer step.
 
-
-class CausalLMModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper around a saved :class:`ModelBundle`: text in, greedy continuation out.
-
-    ``mlflow.pyfunc.load_model("models:/base_lm/latest").predict(["The json module"])``; the
-    ``max_new_tokens`` param (default 32) bounds the continuation, and ``bits`` ("2".."8" or
-    "fp", default) sets a switchable model's precision. The underlying model is reachable as
-    ``loaded.unwrap_python_model().bundle``.
+    A bare ``Figure`` (matplotlib's object API): it renders with Agg, is not registered with
+    pyplot, and is freed with its last reference; the catalog's plot dataset saves it.
     """
-
-    def load_context(self, context: Any) -> None:
-        self.bundle = load_bundle(Path(context.artifacts["model"]))
-        self.bundle.model.eval()
-
-    def predict(self, context, model_input, params=None):  # no hints: MLflow would validate them
-        import torch
-
-        if hasattr(model_input, "columns"):  # pyfunc hands lists over as a one-column DataFrame
-            column = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
-            prompts = [str(p) for p in model_input[column]]
-        else:
-            prompts = [str(p) for p in model_input]
-        params = params or {}
-        max_new_tokens = int(params.get("max_new_tokens", 32))
-        tokenizer, model = self.bundle.tokenizer, self.bundle.model
-        if hasattr(model, "set_precision"):  # a switchable model: run at the asked width
-            bits = str(params.get("bits", "fp"))
-            model.set_precision(None if bits == "fp" else int(bits))
-        context_length = getattr(model.config, "max_position_embeddings", None)
-        generate = getattr(model, "generate", None) or model.model.generate
-        outputs = []
-        with torch.inference_mode():
-            for prompt in prompts:
-                ids = tokenizer(prompt, return_tensors="pt")
-                room = max_new_tokens
-                if context_length:  # never run past the position embeddings
-                    ids = {k: v[:, -(context_length - 1) :] for k, v in ids.items()}
-                    room = max(0, min(room, context_length - ids["input_ids"].shape[1]))
-                generated = generate(
-                    **ids,
-                    max_new_tokens=room,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                new_tokens = generated[0, ids["input_ids"].shape[1] :]
-                outputs.append(tokenizer.decode(new_tokens, skip_special_tokens=True))
-        return outputs
-
-
-def register_bundle(
-    bundle: ModelBundle,
-    registered_name: str,
-    tags: Mapping[str, Any] | None = None,
-    extra_artifacts: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Log ``bundle`` as a pyfunc model in the active run and register a new version.
-
-    Args:
-        bundle: model and tokenizer to register.
-        registered_name: Model Registry name (``base_lm``, ``switchable_lm``, ...).
-        tags: set on the new model version (values turned into strings).
-        extra_artifacts: more files to ship inside the model (name -> local path).
-
-    Returns:
-        ``{"name", "version", "model_uri", "run_id"}`` of the registered version.
-
-    Raises:
-        RuntimeError: when no MLflow run is active (kedro-mlflow opens one per ``kedro run``).
-    """
-    run = mlflow.active_run()
-    if run is None:
-        raise RuntimeError(
-            f"register_bundle({registered_name!r}) needs an active MLflow run; "
-            "run it inside `kedro run` (kedro-mlflow) or `with mlflow.start_run():`"
-        )
-    with tempfile.TemporaryDirectory(prefix="register-") as tmp:
-        model_dir = Path(tmp) / "model"
-        save_bundle(bundle, model_dir)
-        # The tokenizer also goes to the run on its own, so it can be fetched without the model.
-        tokenizer_dir = Path(tmp) / "tokenizer"
-        bundle.tokenizer.save_pretrained(str(tokenizer_dir))
-        mlflow.log_artifacts(str(tokenizer_dir), artifact_path="tokenizer")
-        artifacts = {"model": str(model_dir), **dict(extra_artifacts or {})}
-        info = mlflow.pyfunc.log_model(
-            name=registered_name,
-            python_model=CausalLMModel(),
-            artifacts=artifacts,
-            registered_model_name=registered_name,
-            pip_requirements=_pinned(["torch", "transformers", "tokenizers", "safetensors"]),
-            signature=mlflow.models.infer_signature(
-                ["a prompt"], ["a continuation"], params={"max_new_tokens": 32, "bits": "fp"}
-            ),
-        )
-    version = str(info.registered_model_version)
-    client = mlflow.MlflowClient()
-    for key, value in (tags or {}).items():
-        client.set_model_version_tag(registered_name, version, key, str(value))
-    logger.info("Registered %s version %s from run %s", registered_name, version, run.info.run_id)
-    return {
-        "name": registered_name,
-        "version": version,
-        "model_uri": f"models:/{registered_name}/{version}",
-        "run_id": run.info.run_id,
-    }
-
-
-def loss_curve_figure(history: Mapping[str, list[tuple[int, float]]], title: str):
-    """A matplotlib figure of train and eval loss (and lr on a twin axis) against step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axis = figure.add_subplot()
     for key, label in (("train_loss", "train loss"), ("eval_loss", "eval loss")):
         points = history.get(key, [])
         if points:
@@ -185,8 +106,10 @@ def loss_curve_figure(history: Mapping[str, list[tuple[int, float]]], title: str
 
 
 def log_figure(figure: Any, name: str, metrics: Mapping[str, float] | None = None) -> None:
-    """Log ``figure`` (and optional scalar metrics) to the active MLflow run, if any."""
+    """Log ``figure`` (under the namespace's folder) and optional metrics to the active run."""
+    import mlflow
+
     if mlflow.active_run() is None:
         return
-    mlflow.log_figure(figure, name)
+    mlflow.log_figure(figure, f"{metric_prefix()}{name}")
     log_metrics(metrics or {})

@@ -2,7 +2,7 @@
 
 One project copy per module: the default pipeline runs first (data → base model → switchable
 → evaluation → Pareto → registry), then `--pipeline=switchable` runs on the same outputs and
-must reuse the saved base model.
+must reuse the saved base model, then it falls back to the registered one.
 """
 
 from __future__ import annotations
@@ -22,20 +22,33 @@ from safetensors.torch import load_file
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
+MODELS = Path("data/06_models/debug")
+REPORTS = Path("data/08_reporting/debug")
+MODEL_OUTPUT = Path("data/07_model_output/debug")
+# The debug environment's logging and step counts (conf/debug/parameters_*.yml).
+PRETRAIN_STEPS, PRETRAIN_LOGGING = 30, 5
+SWITCHABLE_STEPS, SWITCHABLE_LOGGING = 12, 3
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """conf/, pyproject.toml and the embedded corpus copied to tmp; cwd and MLflow moved there."""
-    root = tmp_path_factory.mktemp("e2e") / "project"
-    root.mkdir()
+
+def copy_project(root: Path) -> None:
+    """conf/, pyproject.toml and the embedded corpus copied to ``root`` (the package itself is
+    the installed, editable one)."""
+    root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
     for name in ("pyproject.toml", ".telemetry"):
         shutil.copy(PROJECT_ROOT / name, root / name)
-    (root / "src").mkdir()  # the package itself is the installed (editable) one
+    (root / "src").mkdir()
     raw = root / "data" / "01_raw"
     raw.mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "data/01_raw/python_docs.jsonl", raw / "python_docs.jsonl")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project copy with cwd and MLflow moved there."""
+    root = tmp_path_factory.mktemp("e2e") / "project"
+    copy_project(root)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
@@ -55,6 +68,10 @@ def _versions(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
 
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
 @pytest.fixture(scope="module")
 def default_run(project):
     root, client = project
@@ -64,73 +81,108 @@ def default_run(project):
 
 def test_default_run_trains_saves_and_registers_the_base_model(default_run):
     root, client = default_run
-    versions = _versions(root / "data/06_models/debug/base_lm")
+    assert mlflow.active_run() is None, "the session's MLflow run is closed, not left stacked"
+    versions = _versions(root / MODELS / "pretrain")
     assert len(versions) == 1
-    saved = versions[0] / "base_lm"
+    saved = versions[0] / "pretrain"
     assert (saved / "model.safetensors").is_file() and (saved / "tokenizer.json").is_file()
 
-    registration = json.loads((root / "data/08_reporting/base_model_registration.json").read_text())
+    registration = _json(root / REPORTS / "pretrain/registration.json")
     assert registration["registered"] is True
+    version = client.get_model_version("base_lm", registration["version"])
     assert [str(v.version) for v in client.search_model_versions("name='base_lm'")] == ["1"]
+    metadata = _json(saved / "router_pipelines.json")
+    assert version.tags["fingerprint"] == metadata["identity"]["fingerprint"]
     run = client.get_run(registration["run_id"])
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 2
     assert run.data.params["pretrain.model.preset"] == "debug"
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"pretrain_loss_curve.png", "pretrain_config.json", "tokenizer"} <= artifacts
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "pretrain")}
+    assert {"pretrain/loss_curve.png", "pretrain/resolved_config.json"} <= artifacts
+
+
+def test_each_training_logs_one_history_under_its_namespace(default_run):
+    root, client = default_run
+    run_id = _json(root / REPORTS / "pretrain/registration.json")["run_id"]
+    metrics = set(client.get_run(run_id).data.metrics)
+    assert not {"train_loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"} & metrics
+    expected = {
+        "pretrain": list(range(PRETRAIN_LOGGING, PRETRAIN_STEPS + 1, PRETRAIN_LOGGING)),
+        "switchable": list(range(SWITCHABLE_LOGGING, SWITCHABLE_STEPS + 1, SWITCHABLE_LOGGING)),
+    }
+    for family, steps in expected.items():
+        for name in ("train_loss", "lr", "tokens_per_s"):
+            history = client.get_metric_history(run_id, f"{family}/{name}")
+            assert [m.step for m in history] == steps, (family, name)
+        assert client.get_metric_history(run_id, f"{family}/eval_loss")
+    assert any(name.startswith("switchable/eval/uniform_2bit/") for name in metrics)
+    assert "switchable/eval/uniform_2bit/bits_per_byte" in metrics
 
 
 def test_default_run_evaluates_every_configuration_and_writes_the_seed_outputs(default_run):
     root, client = default_run
-    results = json.loads(
-        (root / "data/07_model_output/switchable_precision_results.json").read_text()
-    )
+    results = _json(root / MODEL_OUTPUT / "switchable/switchable_precision_results.json")
     names = [c["name"] for c in results["configurations"]]
     assert names[:4] == ["uniform_2bit", "uniform_4bit", "uniform_8bit", "fp"]
     assert {"attn_high_mlp_low", "attn_low_mlp_high", "random_0", "random_1"} <= set(names)
     for configuration in results["configurations"]:
-        for key in ("perplexity", "effective_bits", "compression_ratio", "tokens_per_s"):
+        for key in ("perplexity", "bits_per_byte", "effective_bits", "compression_ratio"):
             assert configuration[key] is not None and configuration[key] > 0, (configuration, key)
+        assert configuration["tokens_per_s"] > 0
     by_name = {c["name"]: c for c in results["configurations"]}
     assert by_name["uniform_2bit"]["effective_bits"] < by_name["uniform_4bit"]["effective_bits"]
     assert by_name["uniform_8bit"]["speed_kind"] == "packed_int8"
     assert by_name["uniform_4bit"]["speed_kind"] == "packed_int4"
     assert by_name["uniform_2bit"]["speed_kind"] == "simulated"
 
-    pareto = pd.read_parquet(root / "data/08_reporting/switchable_pareto.parquet")
+    pareto = pd.read_parquet(root / REPORTS / "switchable/pareto.parquet")
     assert len(pareto) >= 1 and (pareto["pareto_bits"] | pareto["pareto_speed"]).all()
     assert set(pareto["name"]) <= set(names)
-    assert (root / "data/08_reporting/switchable_pareto.png").stat().st_size > 1000
+    assert (root / REPORTS / "switchable/pareto.png").stat().st_size > 1000
 
-    summary = json.loads((root / "data/08_reporting/switchable_training_summary.json").read_text())
+    summary = _json(root / REPORTS / "switchable/training_summary.json")
     assert summary["steps_per_width"] == {"8bit": 12, "4bit": 12, "2bit": 12}  # joint, 12 steps
 
-    registration = json.loads((root / "data/08_reporting/switchable_registration.json").read_text())
+    registration = _json(root / REPORTS / "switchable/registration.json")
     assert registration["registered"] is True
     version = client.get_model_version("switchable_lm", registration["version"])
     assert version.tags["pareto_configurations"] == ",".join(registration["pareto_configurations"])
-    assert len(_versions(root / "data/06_models/debug/switchable_lm")) == 1
+    assert len(_versions(root / MODELS / "switchable")) == 1
 
 
 def test_switchable_pipeline_reuses_the_saved_base_model(default_run):
     root, client = default_run
     _run(root, "switchable")
-    assert len(_versions(root / "data/06_models/debug/base_lm")) == 1, "no duplicate base model"
+    assert len(_versions(root / MODELS / "pretrain")) == 1, "no duplicate base model"
     assert len(client.search_model_versions("name='base_lm'")) == 1, "reused, not retrained"
-    assert len(_versions(root / "data/06_models/debug/switchable_lm")) == 2, "never overwritten"
+    registration = _json(root / REPORTS / "pretrain/registration.json")
+    assert registration["registered"] is False and "catalog" in registration["reason"]
+    assert len(_versions(root / MODELS / "switchable")) == 2, "never overwritten"
     assert len(client.search_model_versions("name='switchable_lm'")) == 2
 
 
 def test_switchable_pipeline_falls_back_to_the_registered_base_model(default_run):
     root, client = default_run
-    saved = root / "data/06_models/debug/base_lm"
+    saved = root / MODELS / "pretrain"
     shutil.move(saved, root / "base_lm_moved_away")  # no saved base model any more
     _run(root, "switchable")
     assert len(client.search_model_versions("name='base_lm'")) == 1, "reused, not retrained"
     copies = _versions(saved)
     assert len(copies) == 1, "the registered model is saved as a catalog version"
-    registered = sorted((root / "base_lm_moved_away").iterdir())[0] / "base_lm"
-    copied_weights = load_file(copies[0] / "base_lm/model.safetensors")
+    registered = _versions(root / "base_lm_moved_away")[0] / "pretrain"
+    copied_weights = load_file(copies[0] / "pretrain/model.safetensors")
     registered_weights = load_file(registered / "model.safetensors")
     assert copied_weights.keys() == registered_weights.keys()
     assert all(torch.equal(copied_weights[k], registered_weights[k]) for k in copied_weights)
     assert len(client.search_model_versions("name='switchable_lm'")) == 3
+
+
+def test_a_changed_setting_is_not_served_by_a_stale_model(default_run):
+    """A scheduled retrain with new settings must train, not reuse the old base model."""
+    root, client = default_run
+    with KedroSession.create(
+        project_path=root,
+        env="debug",
+        runtime_params={"pretrain": {"training": {"learning_rate": 0.002}}},
+    ) as session:
+        session.run(pipeline_names=["switchable"])
+    assert len(client.search_model_versions("name='base_lm'")) == 2, "retrained and registered"
+    assert len(_versions(root / MODELS / "pretrain")) == 2

@@ -23,7 +23,8 @@ def test_committed_defaults_parse():
     parsed = parse_switchable_params(BASE)
     assert parsed.model.bit_widths == [2, 4, 8]
     assert parsed.switching.strategy == "joint"
-    assert parsed.engine.output_dir == "data/06_models/checkpoints/switchable"
+    assert parsed.training.output_dir == "${globals:paths.checkpoints}/switchable"
+    assert parsed.training.switch_strategy == "joint"  # the engine config carries the family's
     assert parsed.eval_bits == 2
 
 
@@ -68,12 +69,12 @@ def test_unknown_keys_are_named():
         match=r"switchable.training: unknown key 'max_stepz' \(did you mean 'max_steps'\?\)",
     ):
         parse_switchable_params(with_change("training", "max_stepz", 3))
-    with pytest.raises(ValueError, match=r"switchable: unknown group\(s\) \['modle'\]"):
+    with pytest.raises(ValueError, match=r"switchable: unknown key 'modle' \(did you mean 'model'"):
         parse_switchable_params({**BASE, "modle": {}})
 
 
 def test_layer_wise_config_of_the_wrong_length_is_named():
-    from router_pipelines.evaluation.configs import build_configurations
+    from router_pipelines.families.switchable import build_configurations
 
     params = copy.deepcopy(BASE)
     params["experiment"]["evaluation"]["layer_wise"] = {"mix": [{"attn_bits": 8, "mlp_bits": 4}]}
@@ -99,7 +100,7 @@ def test_lr_multipliers_are_checked_and_refused_under_joint():
     with pytest.raises(ValueError, match=r"lr_multipliers: \{2: 2.0\} has no effect under .*joint"):
         parse_switchable_params(params)
     params["training"]["switch_strategy"] = "cyclic"
-    assert parse_switchable_params(params).family.lr_multipliers == {2: 2.0}
+    assert parse_switchable_params(params).training.lr_multipliers == {2: 2.0}
     params["training"]["lr_multipliers"] = {3: 2.0}
     with pytest.raises(ValueError, match=r"switchable\.training\.lr_multipliers: width 3"):
         parse_switchable_params(params)

@@ -1,31 +1,26 @@
-"""The switchable part of the DAG on an in-memory catalog: train → evaluate → Pareto."""
+"""The switchable part of the DAG on an in-memory catalog: train → evaluate → Pareto, and reuse."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 
-import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import yaml
 from kedro.io import DataCatalog, MemoryDataset
+from kedro.io.core import Version
 from kedro.runner import SequentialRunner
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from router_pipelines.data.token_store import TokenBlocks
+from router_pipelines.datasets import ModelRegistryDataset, ModelVersionsDataset
+from router_pipelines.datasets.pretrained import PretrainedModelDataset
 from router_pipelines.models.bundle import ModelBundle
 from router_pipelines.models.switchable import SwitchableLM
 from router_pipelines.pipelines.switchable import create_pipeline
-from router_pipelines.pipelines.switchable.config import parse_switchable_params
-from router_pipelines.pipelines.switchable.nodes import (
-    _from_registry,
-    _registered_if_any,
-    provide_base_model,
-)
-from router_pipelines.tracking import register_bundle
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 SEQ_LEN, VOCAB = 16, 64
@@ -68,12 +63,12 @@ def base_model() -> ModelBundle:
     return ModelBundle(GPT2LMHeadModel(config), tokenizer, {"family": "causal_lm"})
 
 
-def _tokens(n: int, seed: int) -> pd.DataFrame:
+def _tokens(n: int, seed: int) -> TokenBlocks:
     rng = np.random.default_rng(seed)
     # A learnable pattern: each row counts up from a random start.
     starts = rng.integers(0, VOCAB, size=n)
-    rows = [[(s + i) % VOCAB for i in range(SEQ_LEN)] for s in starts]
-    return pd.DataFrame({"input_ids": rows, "labels": rows, "attention_mask": [[1] * SEQ_LEN] * n})
+    rows = (starts[:, None] + np.arange(SEQ_LEN)[None, :]) % VOCAB
+    return TokenBlocks.from_arrays(rows, fingerprint=f"counting-{n}-{seed}")
 
 
 class KeptDataset(MemoryDataset):
@@ -84,25 +79,38 @@ class KeptDataset(MemoryDataset):
 
 
 OUTPUTS = (
-    "switchable_model",
-    "switchable_training_summary",
-    "bit_configuration_results",
-    "switchable_pareto",
-    "switchable_precision_results",
+    "switchable.model",
+    "switchable.training_summary",
+    "switchable.evaluation",
+    "switchable.pareto",
+    "switchable.precision_results",
 )
 
 
-def _run(params: dict, base_model: ModelBundle) -> dict:
+def _catalog(params: dict, base_model: ModelBundle, store: Path) -> DataCatalog:
     catalog = DataCatalog({name: KeptDataset() for name in OUTPUTS})
-    catalog["base_model"] = base_model
+    catalog["pretrain.model"] = base_model
     catalog["train_tokens"] = _tokens(64, seed=1)
     catalog["validation_tokens"] = _tokens(16, seed=2)
-    catalog["params:switchable"] = params
+    catalog["switchable.saved_models"] = ModelVersionsDataset(str(store)).load()
+    catalog["model_registry"] = ModelRegistryDataset().load()
+    for group, values in params.items():
+        catalog[f"params:switchable.{group}"] = values
+    catalog["params:switchable.experiment.evaluation"] = params["experiment"]["evaluation"]
+    catalog["params:switchable.experiment.register"] = params["experiment"]["register"]
+    return catalog
+
+
+def _run(params: dict, base_model: ModelBundle, store: Path | None = None) -> dict:
+    store = store or Path(params["training"]["output_dir"]).parent / "store"
+    catalog = _catalog(params, base_model, store)
     pipeline = create_pipeline().only_nodes(
-        "train_switchable", "evaluate_bit_configurations", "pareto_analysis"
+        "switchable.train_switchable",
+        "switchable.evaluate_bit_configurations",
+        "switchable.pareto_analysis",
     )
     SequentialRunner().run(pipeline, catalog)
-    return {name: catalog[name].load() for name in OUTPUTS}
+    return {name.removeprefix("switchable."): catalog[name].load() for name in OUTPUTS}
 
 
 @pytest.mark.parametrize(
@@ -114,13 +122,13 @@ def test_slice_trains_evaluates_and_finds_the_front(tmp_path, base_model, strate
     teacher_before = {k: v.clone() for k, v in base_model.model.state_dict().items()}
     out = _run(params, base_model)
 
-    model = out["switchable_model"].model
-    assert isinstance(model, SwitchableLM) and out["switchable_model"].family == "switchable"
-    assert out["switchable_training_summary"]["steps_per_width"] == expected_steps
+    model = out["model"].model
+    assert isinstance(model, SwitchableLM) and out["model"].family == "switchable"
+    assert out["training_summary"]["steps_per_width"] == expected_steps
     for key, value in base_model.model.state_dict().items():
         torch.testing.assert_close(value, teacher_before[key], rtol=0, atol=0)  # teacher frozen
 
-    table = out["bit_configuration_results"]
+    table = out["evaluation"]
     assert list(table["name"]) == [
         "uniform_2bit",
         "uniform_4bit",
@@ -136,11 +144,11 @@ def test_slice_trains_evaluates_and_finds_the_front(tmp_path, base_model, strate
     assert 2 + 16 / 64 <= bits["uniform_2bit"] <= 2 + 16 / 32
     assert table.set_index("name")["compression_ratio"]["fp"] == pytest.approx(1.0)
 
-    pareto = out["switchable_pareto"]
+    pareto = out["pareto"]
     assert (pareto["pareto_bits"] | pareto["pareto_speed"]).all()
     front = set(pareto.loc[pareto["pareto_bits"], "name"])
     assert "uniform_2bit" in front, "the fewest bits is never dominated on the bits front"
-    results = out["switchable_precision_results"]
+    results = out["precision_results"]
     assert set(results["pareto_fronts"]["pareto_bits"]) == front
     assert len(results["configurations"]) == len(table)
 
@@ -158,10 +166,10 @@ def test_quantized_embeddings_and_head_train_and_are_evaluated(tmp_path, base_mo
     params = _switchable_params(tmp_path)
     params["model"].update(quantize_lm_head=True, quantize_embeddings=True)
     results = _run(params, base_model)
-    model = results["switchable_model"].model
+    model = results["model"].model
     assert set(model.quant_embeddings()) == {"transformer.wte", "transformer.wpe"}
     assert model.model.lm_head.weight_quantizer is model.model.transformer.wte.weight_quantizer
-    table = results["bit_configuration_results"].set_index("name")
+    table = results["evaluation"].set_index("name")
     # everything but the norms and biases is quantized: the whole model is near 2 bits
     assert table.loc["uniform_2bit", "model_bits_per_param"] < 3
     assert table.loc["uniform_8bit", "speed_kind"] == "packed_int8"
@@ -176,26 +184,28 @@ def test_tied_head_without_embeddings_stops_before_training(tmp_path, base_model
     assert not (tmp_path / "ckpt").exists(), "nothing was trained or written"
 
 
-def test_tied_preset_mismatch_stops_before_the_base_model_trains(base_model):
-    pretrain = yaml.safe_load((CONF / "base/parameters_pretrain.yml").read_text())["pretrain"]
-    switchable = yaml.safe_load((CONF / "base/parameters_switchable.yml").read_text())
-    switchable = switchable["switchable"]
-    switchable["base"]["source"] = "train"
-    switchable["model"]["quantize_embeddings"] = True
-    empty = pd.DataFrame({"input_ids": [], "labels": [], "attention_mask": []})
-    with pytest.raises(ValueError, match=r"switchable\.model: quantize_lm_head \(False\)"):
-        provide_base_model(empty, empty, base_model.tokenizer, None, pretrain, switchable)
+def test_a_compatible_saved_model_is_reused_and_a_changed_setting_retrains(
+    tmp_path, base_model, mlflow_store
+):
+    """The provider node of a family that needs the switchable model (source params)."""
+    params = _switchable_params(tmp_path)
+    store = tmp_path / "store"
+    first = _run(params, base_model, store)
+    PretrainedModelDataset(str(store), version=Version(None, None)).save(first["model"])
 
+    catalog = _catalog(params, base_model, store)
+    catalog["params:router.switchable"] = {"source": "auto"}
+    provide = create_pipeline(source="router.switchable").only_nodes(
+        "switchable.provide_switchable_model"
+    )
+    SequentialRunner().run(provide, catalog)
+    reused = catalog["switchable.training_summary"].load()
+    assert reused["origin"] == "catalog" and reused["reused_from"].startswith(str(store))
+    assert reused["global_step"] == first["training_summary"]["global_step"]
 
-def test_registry_lookup_of_auto_and_registry_sources(mlflow_store, base_model):
-    switchable = yaml.safe_load((CONF / "base/parameters_switchable.yml").read_text())
-    params = parse_switchable_params(switchable["switchable"])
-    assert _registered_if_any(params) is None  # nothing registered: auto trains
-    with mlflow.start_run():
-        register_bundle(base_model, "base_lm")
-    loaded = _registered_if_any(params)
-    assert loaded is not None and loaded.source_dir is None
-    assert loaded.tokenizer.get_vocab() == base_model.tokenizer.get_vocab()
-    switchable["switchable"]["base"]["registry_version"] = "@champion"
-    with pytest.raises(ValueError, match=r"registry_version: cannot load models:/base_lm@champion"):
-        _from_registry(parse_switchable_params(switchable["switchable"]))
+    changed = copy.deepcopy(params)
+    changed["training"]["kd_weight"] = 0.5
+    catalog = _catalog(changed, base_model, store)
+    catalog["params:router.switchable"] = {"source": "catalog"}
+    with pytest.raises(Exception, match=r"router.switchable.source=catalog: .*training.kd_weight"):
+        SequentialRunner().run(provide, catalog)

@@ -1,131 +1,230 @@
-"""Nodes of the ``pretrain`` pipeline: build and train the base LM, then register it."""
+"""Nodes of the ``pretrain`` namespace: provide the base causal LM (train it or reuse one), register it.
+
+Heavy libraries (torch, transformers, mlflow) are imported inside the nodes, so listing or
+validating pipelines stays fast.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
-import pandas as pd
-
-from router_pipelines.config import config_from_dict
-from router_pipelines.data.torch_dataset import TokenBlockDataset
-from router_pipelines.hooks import is_main_process
-from router_pipelines.models.bundle import ModelBundle
-from router_pipelines.models.presets import ModelConfig, build_causal_lm
-from router_pipelines.tracking import loss_curve_figure, metric_logger, register_bundle
-from router_pipelines.training import Trainer, TrainingConfig, causal_lm_loss, find_lr
+from router_pipelines.config import RegisterConfig, config_from_dict
+from router_pipelines.model_source import (
+    FINGERPRINT_TAG,
+    IDENTITY_KEY,
+    ModelIdentity,
+    ModelSourceConfig,
+    resolve_source,
+    tokenizer_digest,
+    tokenizer_problems,
+)
+from router_pipelines.pipelines.common import (
+    history_figure,
+    registration_skipped,
+    reused_summary,
+    thin_history,
+    trained_summary,
+)
+from router_pipelines.pipelines.pretrain.config import PretrainParams, parse_pretrain_params
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class LRFinderConfig:
-    """The learning-rate range test run before training (off by default)."""
-
-    enabled: bool = False
-    start_lr: float = 1e-7
-    end_lr: float = 1.0
-    num_steps: int = 100
-    use_suggestion: bool = False  # train with the suggested lr instead of training.learning_rate
+FAMILY = "causal_lm"
 
 
-@dataclass
-class RegisterConfig:
-    enabled: bool = True
-    name: str = "base_lm"  # MLflow Model Registry name
+def base_model_identity(params: PretrainParams, train_tokens: Any, tokenizer: Any) -> ModelIdentity:
+    """What determines the trained base model (see :mod:`router_pipelines.model_source`)."""
+    from router_pipelines.training import result_affecting_fields
 
-
-@dataclass
-class PretrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    training: TrainingConfig = field(
-        default_factory=lambda: TrainingConfig(output_dir="data/06_models/checkpoints/pretrain")
+    return ModelIdentity(
+        {
+            "family": FAMILY,
+            "model": asdict(params.model),
+            "training": result_affecting_fields(params.training),
+            "lr_finder": asdict(params.lr_finder) if params.lr_finder.enabled else None,
+            "data": train_tokens.fingerprint,
+            "tokenizer": tokenizer_digest(tokenizer),
+        }
     )
-    lr_finder: LRFinderConfig = field(default_factory=LRFinderConfig)
-    register: RegisterConfig = field(default_factory=RegisterConfig)
 
 
 def train_base_model(
-    train_tokens: pd.DataFrame,
-    validation_tokens: pd.DataFrame,
+    train_tokens: Any,
+    validation_tokens: Any,
     tokenizer: Any,
-    pretrain_params: dict[str, Any],
-) -> tuple[ModelBundle, dict[str, Any], Any, dict[str, Any]]:
-    """Build the base causal LM from its preset (or hub/local weights) and train it.
+    saved_models: Any,
+    model_registry: Any,
+    model_params: dict[str, Any],
+    training_params: dict[str, Any],
+    lr_finder_params: dict[str, Any],
+    register_params: dict[str, Any],
+    source_params: dict[str, Any] | None = None,
+    *,
+    source_key: str = "pretrain.source",
+) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
+    """The base causal LM: trained from its preset (or hub/local weights), or reused.
+
+    Without ``source_params`` it always trains (``kedro run --pipeline=pretrain``); with them
+    (``ModelSourceConfig``, e.g. ``switchable.base`` when the switchable pipeline runs alone)
+    a compatible saved or registered model is reused first, see
+    :func:`~router_pipelines.model_source.resolve_source`.
 
     Returns:
-        The trained model with its tokenizer, a summary of the run (numbers only), the loss-curve
-        figure and the resolved configuration (logged to MLflow by the catalog).
+        The model with its tokenizer, a summary (numbers and where it came from), the loss-curve
+        figure and the resolved configuration (the last three logged to MLflow by the catalog).
     """
-    config = config_from_dict(PretrainConfig, pretrain_params, "pretrain")
-    model = build_causal_lm(config.model, tokenizer, seed=config.training.seed)
+    from router_pipelines.hooks import world_size
+
+    params = parse_pretrain_params(
+        {
+            "model": model_params,
+            "training": training_params,
+            "lr_finder": lr_finder_params,
+            "register": register_params,
+        }
+    )
+    source = config_from_dict(ModelSourceConfig, source_params, source_key)
+    identity = base_model_identity(params, train_tokens, tokenizer)
+    decision = resolve_source(
+        source,
+        identity,
+        saved_models,
+        model_registry,
+        registry_name=params.register.name,
+        key=source_key,
+        single_process=world_size() == 1,
+    )
+    resolved = asdict(params) | {"source": asdict(source)}
+    if decision.reused:
+        _check_fits_tokenizer(decision.bundle.model, tokenizer, decision.where)
+        summary = reused_summary(decision)
+        return decision.bundle, summary, history_figure(decision.metadata, "pretrain"), resolved
+    if decision.origin == "pretrained":
+        return _pretrained_as_is(params, tokenizer, identity, resolved)
+    bundle, summary, figure = _train(params, identity, train_tokens, validation_tokens, tokenizer)
+    return bundle, summary, figure, resolved
+
+
+def _train(
+    params: PretrainParams,
+    identity: ModelIdentity,
+    train_tokens: Any,
+    validation_tokens: Any,
+    tokenizer: Any,
+) -> tuple[Any, dict[str, Any], Any]:
+    from router_pipelines.data.torch_dataset import TokenBlockDataset
+    from router_pipelines.models.bundle import ModelBundle
+    from router_pipelines.models.presets import build_causal_lm
+    from router_pipelines.tracking import metric_logger
+    from router_pipelines.training import Trainer, causal_lm_loss
+
+    model = build_causal_lm(params.model, tokenizer, seed=params.training.seed)
+    _check_fits_tokenizer(model, tokenizer, params.model.name_or_path or params.model.preset)
     train_set, eval_set = TokenBlockDataset(train_tokens), TokenBlockDataset(validation_tokens)
-    log_fn = metric_logger()
-    if config.lr_finder.enabled:
-        config = _run_lr_finder(model, train_set, config)
+    if params.lr_finder.enabled:
+        _run_lr_finder(model, train_set, params)
     trainer = Trainer(
         model,
         causal_lm_loss,
         train_set,
         eval_set,
-        config=config.training,
-        log_fn=log_fn,
+        config=params.training,
+        log_fn=metric_logger(),
+        run_config={key: value for key, value in identity.inputs.items() if key != "training"},
     )
     result = trainer.train()
-    n_params = sum(p.numel() for p in result.model.parameters())
-    summary = {
-        "parameters": n_params,
-        "global_step": result.global_step,
-        "tokens_seen": result.tokens_seen,
-        "train_loss": result.train_loss,
-        "best_eval_loss": result.best_eval_loss,
-        "best_step": result.best_step,
-        "stopped_early": result.stopped_early,
-        "seconds": round(result.seconds, 2),
-        "tokens_per_s": round(result.tokens_seen / max(result.seconds, 1e-9), 1),
-    }
+    summary = trained_summary(result, identity)
     logger.info("Base model trained: %s", summary)
     bundle = ModelBundle(
         model=result.model.cpu(),
         tokenizer=tokenizer,
-        metadata={"family": "causal_lm", "training": summary, "model_config": asdict(config.model)},
+        metadata={
+            "family": FAMILY,
+            "training": summary,
+            "model_config": asdict(params.model),
+            IDENTITY_KEY: identity.to_metadata(),
+            "history": thin_history(result.history),
+        },
     )
-    figure = loss_curve_figure(result.history, f"pretrain ({config.model.preset})")
-    return bundle, summary, figure, asdict(config)
+    figure = history_figure(bundle.metadata, f"pretrain ({params.model.preset})")
+    return bundle, summary, figure
 
 
-def _run_lr_finder(model: Any, train_set: Any, config: PretrainConfig) -> PretrainConfig:
+def _pretrained_as_is(
+    params: PretrainParams, tokenizer: Any, identity: ModelIdentity, resolved: dict[str, Any]
+) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
+    from router_pipelines.models.bundle import ModelBundle
+    from router_pipelines.models.presets import build_causal_lm
+
+    if not params.model.name_or_path:
+        raise ValueError("source: pretrained needs pretrain.model.name_or_path to be set")
+    model = build_causal_lm(params.model, tokenizer)
+    _check_fits_tokenizer(model, tokenizer, params.model.name_or_path)
+    summary = {"origin": "pretrained", "name_or_path": params.model.name_or_path}
+    bundle = ModelBundle(
+        model,
+        tokenizer,
+        {
+            "family": FAMILY,
+            "training": summary,
+            "model_config": asdict(params.model),
+            IDENTITY_KEY: identity.to_metadata(),
+        },
+    )
+    return bundle, summary, history_figure(bundle.metadata, "pretrain (pretrained)"), resolved
+
+
+def _check_fits_tokenizer(model: Any, tokenizer: Any, what: str) -> None:
+    problems = tokenizer_problems(model, tokenizer)
+    if problems:
+        raise ValueError(
+            f"pretrain.model ({what}) does not fit the data's tokenizer (data.tokenizer): "
+            + "; ".join(problems)
+            + ". Use the model's own tokenizer (data.tokenizer.name_or_path = the model) or set "
+            "pretrain.model.resize_token_embeddings: true to train it on the new vocabulary"
+        )
+
+
+def _run_lr_finder(model: Any, train_set: Any, params: PretrainParams) -> None:
     from router_pipelines.tracking import log_figure
-    from router_pipelines.training.lr_finder import plot_lr_finder
+    from router_pipelines.training import causal_lm_loss, find_lr, plot_lr_finder
 
     finder = find_lr(
         model,
         causal_lm_loss,
         train_set,
-        config.training,
-        start_lr=config.lr_finder.start_lr,
-        end_lr=config.lr_finder.end_lr,
-        num_steps=config.lr_finder.num_steps,
+        params.training,
+        start_lr=params.lr_finder.start_lr,
+        end_lr=params.lr_finder.end_lr,
+        num_steps=params.lr_finder.num_steps,
     )
     logger.info("LR finder suggests %.3g", finder.suggestion)
     log_figure(plot_lr_finder(finder), "lr_finder.png", {"lr_finder_suggestion": finder.suggestion})
-    if config.lr_finder.use_suggestion:
-        config.training.learning_rate = float(finder.suggestion)
-    return config
+    if params.lr_finder.use_suggestion and finder.suggestion is not None:
+        params.training.learning_rate = float(finder.suggestion)
 
 
 def register_base_model(
-    base_model: ModelBundle, pretrain_summary: dict[str, Any], pretrain_params: dict[str, Any]
+    model: Any, training_summary: dict[str, Any], register_params: dict[str, Any]
 ) -> dict[str, Any]:
-    """Register the saved base model in the MLflow Model Registry (a new version per run).
+    """Register a base model trained in this run as a new version (``base_lm`` by default).
 
-    Under ``accelerate launch`` only the main process registers (it holds the MLflow run).
+    A reused model is not registered again; under ``accelerate launch`` only the main process
+    registers (it holds the MLflow run).
     """
-    config = config_from_dict(PretrainConfig, pretrain_params, "pretrain")
-    if not is_main_process():
-        return {"registered": False, "reason": "not the main process"}
-    if not config.register.enabled:
-        return {"registered": False}
-    tags = {k: v for k, v in pretrain_summary.items() if v is not None}
-    return {"registered": True, **register_bundle(base_model, config.register.name, tags=tags)}
+    config = config_from_dict(
+        RegisterConfig, {"name": "base_lm", **(register_params or {})}, "pretrain.register"
+    )
+    skipped = registration_skipped(config, training_summary)
+    if skipped is not None:
+        return skipped
+    from router_pipelines.serving import register_model
+
+    tags = {k: v for k, v in training_summary.items() if v is not None and k != "fingerprint"}
+    tags[FINGERPRINT_TAG] = training_summary["fingerprint"]
+    info = register_model(
+        model, config.name, wrapper=FAMILY, tags=tags, description=config.description
+    )
+    return {"registered": True, **info}

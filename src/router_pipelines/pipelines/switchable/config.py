@@ -1,60 +1,55 @@
 """The ``switchable`` parameter group, mirroring the seed's configuration classes.
 
-``switchable.model`` (ModelConfig), ``switchable.quantization`` (SwitchableQuantizationConfig),
-``switchable.training`` (TrainingConfig: the switching strategy and distillation, plus every
-field of the shared engine) and ``switchable.experiment`` (ExperimentConfig: what is evaluated
-and registered). ``switchable.base`` says where the full-precision base model comes from.
+``switchable.model`` + ``switchable.quantization`` (the seed's ModelConfig and
+SwitchableQuantizationConfig: the library's :class:`SwitchableConfig`), ``switchable.training``
+(the seed's TrainingConfig: the shared engine's :class:`TrainingConfig` extended with the
+switching strategy and distillation), ``switchable.experiment`` (the seed's ExperimentConfig:
+what is evaluated and registered) and ``switchable.base`` (where the base model comes from when
+the pipeline runs on its own). Each dataclass extends or composes a library config rather than
+copying its fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from router_pipelines.config import check_choice, config_from_dict
-from router_pipelines.evaluation.configs import EvalConfig, check_widths
-from router_pipelines.families.switchable import DistillConfig, SwitchingConfig, lr_multiplier_fn
+from router_pipelines.config import (
+    RegisterConfig,
+    check_choice,
+    check_optional_int,
+    config_from_dict,
+    unknown_keys_message,
+)
+from router_pipelines.families.switchable import (
+    BitEvalConfig,
+    DistillConfig,
+    SwitchingConfig,
+    check_widths,
+    lr_multiplier_fn,
+)
+from router_pipelines.model_source import ModelSourceConfig
 from router_pipelines.models.switchable import SwitchableConfig
 from router_pipelines.training import TrainingConfig
-
-BASE_SOURCES = ("auto", "catalog", "registry", "pretrained", "train")
-
-
-@dataclass
-class BaseSourceConfig:
-    """Where the full-precision base model (and teacher) comes from.
-
-    ``auto``: the newest saved ``base_model`` if it matches the current tokenizer and
-    ``pretrain.model``, else (in a single process) the registered ``registry_name`` /
-    ``registry_version`` if it matches, else train one with the ``pretrain`` parameters. ``catalog``: the newest
-    saved one, or an error. ``registry``: MLflow ``models:/<registry_name>/<registry_version>``.
-    ``pretrained``: ``pretrain.model.name_or_path`` loaded untrained. ``train``: always train.
-    """
-
-    source: str = "auto"
-    registry_name: str = "base_lm"
-    registry_version: str = "latest"  # a version number, "latest" or "@alias"
-
-    def __post_init__(self) -> None:
-        check_choice("source", self.source, BASE_SOURCES)
 
 
 @dataclass
 class SwitchableModelConfig:
+    """``switchable.model``: the widths and which layers are quantized."""
+
     bit_widths: list[Any] = field(default_factory=lambda: [2, 4, 8])  # weight widths, 2..8
     n_layer: int | None = None  # keep the first n_layer blocks of the base (null: all)
     quantize_lm_head: bool = False  # also quantize the LM head
     quantize_embeddings: bool = False  # also quantize the embedding tables (per row)
 
     def __post_init__(self) -> None:
-        if self.n_layer is not None and (
-            isinstance(self.n_layer, bool) or not isinstance(self.n_layer, int) or self.n_layer < 1
-        ):
-            raise ValueError(f"n_layer: expected null or an integer >= 1, got {self.n_layer!r}")
+        check_optional_int("n_layer", self.n_layer, minimum=1)
 
 
 @dataclass
 class QuantizationConfig:
+    """``switchable.quantization``: the quantizers (see SwitchableConfig for each field)."""
+
     act_bits: Any = 8  # int 2..8, "same" (follow the weight width) or null (FP activations)
     nested: bool = False  # Matryoshka: lower widths are the top bits of one int8 code
     per_channel: bool = True  # one weight step per output channel
@@ -62,9 +57,16 @@ class QuantizationConfig:
 
 
 @dataclass
-class SwitchableTrainingConfig:
-    """Family fields; every other key of ``switchable.training`` goes to the engine."""
+class SwitchableTrainingConfig(TrainingConfig):
+    """``switchable.training``: every engine field plus the switching and distillation ones.
 
+    Stored whole in every checkpoint, so resuming with another strategy or loss weight is
+    refused like any other change that alters the result.
+    """
+
+    output_dir: str = "data/06_models/checkpoints/switchable"
+    # Under DDP a single-width step leaves the other widths' quantizer steps without gradients.
+    ddp_find_unused_parameters: bool = True
     switch_strategy: str = "joint"  # cyclic | random | scheduled | progressive | joint
     switch_interval: int = 10
     bit_width_schedule: list[Any] | None = None
@@ -77,25 +79,22 @@ class SwitchableTrainingConfig:
 
 
 @dataclass
-class RegisterConfig:
-    enabled: bool = True
-    name: str = "switchable_lm"
-
-
-@dataclass
 class ExperimentConfig:
-    evaluation: EvalConfig = field(default_factory=EvalConfig)
-    register: RegisterConfig = field(default_factory=RegisterConfig)
+    """``switchable.experiment``: which bit configurations are evaluated, and registration."""
+
+    evaluation: BitEvalConfig = field(default_factory=BitEvalConfig)
+    register: RegisterConfig = field(default_factory=lambda: RegisterConfig(name="switchable_lm"))
 
 
 @dataclass
 class SwitchableParams:
-    base: BaseSourceConfig
-    model: SwitchableModelConfig
-    quantization: QuantizationConfig
-    family: SwitchableTrainingConfig
-    engine: TrainingConfig
-    experiment: ExperimentConfig
+    base: ModelSourceConfig = field(
+        default_factory=lambda: ModelSourceConfig(source="auto", registry_name="base_lm")
+    )
+    model: SwitchableModelConfig = field(default_factory=SwitchableModelConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+    training: SwitchableTrainingConfig = field(default_factory=SwitchableTrainingConfig)
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     @property
     def switchable(self) -> SwitchableConfig:
@@ -111,68 +110,60 @@ class SwitchableParams:
 
     @property
     def switching(self) -> SwitchingConfig:
+        training = self.training
         return SwitchingConfig(
-            strategy=self.family.switch_strategy,
+            strategy=training.switch_strategy,
             bit_widths=list(self.model.bit_widths),
-            switch_interval=self.family.switch_interval,
+            switch_interval=training.switch_interval,
             # the schedule is only read (and checked against bit_widths) when it is used
             bit_width_schedule=(
-                self.family.bit_width_schedule
-                if self.family.switch_strategy == "scheduled"
-                else None
+                training.bit_width_schedule if training.switch_strategy == "scheduled" else None
             ),
-            seed=self.engine.seed,
-            max_steps=self.engine.max_steps,
+            seed=training.seed,
+            max_steps=training.max_steps,
         )
 
     @property
     def distill(self) -> DistillConfig:
+        training = self.training
         return DistillConfig(
-            ce_weight=self.family.ce_weight,
-            kd_weight=self.family.kd_weight,
-            temperature=self.family.temperature,
-            inter_width_kd_weight=self.family.inter_width_kd_weight,
+            ce_weight=training.ce_weight,
+            kd_weight=training.kd_weight,
+            temperature=training.temperature,
+            inter_width_kd_weight=training.inter_width_kd_weight,
         )
 
     @property
     def eval_bits(self) -> Any:
         widths = sorted(self.model.bit_widths)
         return {"lowest": widths[0], "highest": widths[-1]}.get(
-            self.family.eval_bits, self.family.eval_bits
+            self.training.eval_bits, self.training.eval_bits
         )
 
 
-def parse_switchable_params(params: dict[str, Any]) -> SwitchableParams:
-    """Validate the whole ``switchable`` group before any work; errors name the bad key.
+GROUPS = ("base", "model", "quantization", "training", "experiment")
+
+
+def parse_switchable_params(params: dict[str, Any] | None) -> SwitchableParams:
+    """Validate the ``switchable`` group before any work; errors name the bad key.
+
+    A missing sub-group takes its defaults, so a node can pass only the sub-groups it reads.
 
     Raises:
         ValueError: an unknown key, an unsupported width (1, 9, "four"), an unknown strategy, an
             empty schedule, ... naming ``switchable.<group>.<key>`` and what is allowed.
     """
     params = dict(params or {})
-    groups = ("base", "model", "quantization", "training", "experiment")
-    unknown = sorted(set(params) - set(groups))
+    unknown = sorted(set(params) - set(GROUPS))
     if unknown:
-        raise ValueError(f"switchable: unknown group(s) {unknown}; allowed are {list(groups)}")
-    training = dict(params.get("training") or {})
-    family_keys = {f.name for f in fields(SwitchableTrainingConfig)}
-    family_part = {k: v for k, v in training.items() if k in family_keys}
-    engine_part = {k: v for k, v in training.items() if k not in family_keys}
-    engine_part.setdefault("output_dir", "data/06_models/checkpoints/switchable")
-    # Under DDP a single-width step leaves the other widths' quantizer steps without gradients.
-    engine_part.setdefault("ddp_find_unused_parameters", True)
-    parsed = SwitchableParams(
-        base=config_from_dict(BaseSourceConfig, params.get("base"), "switchable.base"),
-        model=config_from_dict(SwitchableModelConfig, params.get("model"), "switchable.model"),
-        quantization=config_from_dict(
-            QuantizationConfig, params.get("quantization"), "switchable.quantization"
-        ),
-        family=config_from_dict(SwitchableTrainingConfig, family_part, "switchable.training"),
-        engine=config_from_dict(TrainingConfig, engine_part, "switchable.training"),
-        experiment=config_from_dict(
-            ExperimentConfig, params.get("experiment"), "switchable.experiment"
-        ),
-    )
+        raise ValueError(unknown_keys_message("switchable", unknown, GROUPS))
+    experiment = dict(params.get("experiment") or {})
+    if isinstance(experiment.get("register"), dict):
+        experiment["register"] = {"name": "switchable_lm", **experiment["register"]}
+    params["experiment"] = experiment
+    if isinstance(params.get("base"), dict):
+        params["base"] = {"source": "auto", "registry_name": "base_lm", **params["base"]}
+    parsed = config_from_dict(SwitchableParams, params, "switchable")
     # Building the library configs validates widths, strategy, schedule and eval choice now.
     _named("switchable.model", lambda: parsed.switchable)
     _named("switchable.training", lambda: parsed.switching)
@@ -182,17 +173,17 @@ def parse_switchable_params(params: dict[str, Any]) -> SwitchableParams:
         lambda: check_widths(parsed.experiment.evaluation, parsed.model.bit_widths),
     )
     allowed_eval = ["lowest", "highest", "fp", *parsed.model.bit_widths]
-    check_choice("switchable.training.eval_bits", parsed.family.eval_bits, allowed_eval)
+    check_choice("switchable.training.eval_bits", parsed.training.eval_bits, allowed_eval)
     _named(
         "switchable.training",
-        lambda: lr_multiplier_fn(parsed.switching, parsed.family.lr_multipliers),
+        lambda: lr_multiplier_fn(parsed.switching, parsed.training.lr_multipliers),
     )
-    if parsed.family.switch_strategy == "joint" and parsed.family.lr_multipliers:
+    if parsed.training.switch_strategy == "joint" and parsed.training.lr_multipliers:
         raise ValueError(
-            f"switchable.training.lr_multipliers: {parsed.family.lr_multipliers} has no effect "
-            "under switch_strategy joint, where every width shares each optimizer step; set it "
-            "to {} or use a strategy that trains one width per step (cyclic, random, scheduled, "
-            "progressive)"
+            f"switchable.training.lr_multipliers: {parsed.training.lr_multipliers} has no "
+            "effect under switch_strategy joint, where every width shares each optimizer step; "
+            "set it to {} or use a strategy that trains one width per step (cyclic, random, "
+            "scheduled, progressive)"
         )
     return parsed
 

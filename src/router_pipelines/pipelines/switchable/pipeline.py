@@ -1,9 +1,8 @@
-"""Wiring of the ``switchable`` pipeline (seed 001).
+"""Wiring of the ``switchable`` namespace (seed 001): one model that runs at 2, 4 or 8 bits."""
 
-``create_pipeline()`` is the switchable part alone, reading ``base_model`` from upstream;
-``create_base_pipeline()`` provides that base model (reused or trained) when the pipeline runs
-on its own as ``kedro run --pipeline=switchable``.
-"""
+from __future__ import annotations
+
+from functools import partial
 
 from kedro.pipeline import Node, Pipeline
 
@@ -11,72 +10,65 @@ from router_pipelines.pipelines.switchable.evaluation_nodes import (
     evaluate_bit_configurations,
     pareto_analysis,
 )
-from router_pipelines.pipelines.switchable.nodes import (
-    provide_base_model,
-    register_switchable,
-    train_switchable,
-)
+from router_pipelines.pipelines.switchable.nodes import register_switchable, train_switchable
+
+PARAMETERS = [
+    "params:model",
+    "params:quantization",
+    "params:training",
+    "params:experiment.register",
+]
 
 
-def create_base_pipeline(**kwargs) -> Pipeline:
+def create_pipeline(source: str | None = None, **kwargs) -> Pipeline:
+    """The ``switchable`` namespace, starting from ``pretrain.model`` (the base LM).
+
+    Args:
+        source: ``None``: always train. Else the parameter key of a ``ModelSourceConfig``
+            (for a family that needs a switchable model, e.g. a router) deciding whether a
+            compatible saved or registered switchable model is reused; the node is then named
+            ``provide_switchable_model``.
+    """
+    inputs = ["base_model", "train_tokens", "validation_tokens", "saved_models", "model_registry"]
+    outputs = ["model", "training_summary", "loss_curve"]
+    if source is None:
+        provide = Node(train_switchable, [*inputs, *PARAMETERS], outputs, name="train_switchable")
+    else:
+        provide = Node(
+            partial(train_switchable, source_key=source),
+            [*inputs, *PARAMETERS, f"params:{source}"],
+            outputs,
+            name="provide_switchable_model",
+        )
+    nodes = [
+        provide,
+        Node(
+            evaluate_bit_configurations,
+            ["model", "validation_tokens", "params:experiment.evaluation"],
+            "evaluation",
+            name="evaluate_bit_configurations",
+        ),
+        Node(
+            pareto_analysis,
+            "evaluation",
+            ["pareto", "pareto_plot", "precision_results"],
+            name="pareto_analysis",
+        ),
+        Node(
+            register_switchable,
+            ["model", "pareto", "training_summary", "params:experiment.register"],
+            "registration",
+            name="register_switchable",
+        ),
+    ]
     return Pipeline(
-        [
-            Node(
-                func=provide_base_model,
-                inputs=[
-                    "train_tokens",
-                    "validation_tokens",
-                    "tokenizer",
-                    "latest_base_model",
-                    "params:pretrain",
-                    "params:switchable",
-                ],
-                outputs="base_model",
-                name="provide_base_model",
-            )
-        ]
-    )
-
-
-def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline(
-        [
-            Node(
-                func=train_switchable,
-                inputs=["base_model", "train_tokens", "validation_tokens", "params:switchable"],
-                outputs=[
-                    "switchable_model",
-                    "switchable_training_summary",
-                    "switchable_loss_curve",
-                ],
-                name="train_switchable",
-            ),
-            Node(
-                func=evaluate_bit_configurations,
-                inputs=["switchable_model", "validation_tokens", "params:switchable"],
-                outputs="bit_configuration_results",
-                name="evaluate_bit_configurations",
-            ),
-            Node(
-                func=pareto_analysis,
-                inputs="bit_configuration_results",
-                outputs=[
-                    "switchable_pareto",
-                    "switchable_pareto_plot",
-                    "switchable_precision_results",
-                ],
-                name="pareto_analysis",
-            ),
-            Node(
-                func=register_switchable,
-                inputs=[
-                    "switchable_model",
-                    "switchable_pareto",
-                    "switchable_training_summary",
-                    "params:switchable",
-                ],
-                outputs="switchable_registration",
-                name="register_switchable",
-            ),
-        ]
+        nodes,
+        namespace="switchable",
+        inputs={
+            "base_model": "pretrain.model",
+            "train_tokens": "train_tokens",
+            "validation_tokens": "validation_tokens",
+            "model_registry": "model_registry",
+        },
+        parameters=set() if source is None else {f"params:{source}"},
     )
