@@ -9,6 +9,7 @@ outside brackets and braces; everything else is Kedro's ``run`` unchanged.
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import click
@@ -60,7 +61,22 @@ def _params_callback(ctx: click.Context, param: click.Parameter, value: Any) -> 
 
 
 def _run_with_list_params() -> click.Command:
+    """Kedro's ``run`` with list-aware ``--params``; a parameter refused before the run is
+    printed as one clean error (``Error: Invalid parameters; ...``, exit code 1) instead of a
+    traceback through Kedro's internals."""
     command = copy.copy(kedro_run)
+    run_callback = kedro_run.callback
+
+    @functools.wraps(run_callback)
+    def callback(*args: Any, **kwargs: Any) -> Any:
+        from router_pipelines.validation import ParameterValidationError
+
+        try:
+            return run_callback(*args, **kwargs)
+        except ParameterValidationError as error:
+            raise click.ClickException(str(error)) from None
+
+    command.callback = callback
     params = []
     for option in kedro_run.params:
         if option.name == "params":

@@ -28,7 +28,6 @@ or ``registry`` explicitly.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router_pipelines.config import check_choice, check_registry_version
+from router_pipelines.storage import digest_json
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +61,6 @@ class ModelSourceConfig:
         self.registry_version = check_registry_version("registry_version", self.registry_version)
 
 
-def digest(payload: Any) -> str:
-    """sha256 hex of ``payload`` as canonical JSON (sorted keys; ``str`` for anything else)."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
 @dataclass(frozen=True)
 class ModelIdentity:
     """What determines a trained model, as JSON-ready ``inputs``; equal inputs, equal model."""
@@ -75,7 +69,7 @@ class ModelIdentity:
 
     @property
     def fingerprint(self) -> str:
-        return digest(self.inputs)
+        return digest_json(self.inputs)
 
     def to_metadata(self) -> dict[str, Any]:
         return {"fingerprint": self.fingerprint, "inputs": dict(self.inputs)}
@@ -121,7 +115,7 @@ def fingerprint_of(metadata: Mapping[str, Any] | None) -> str | None:
 
 def tokenizer_digest(tokenizer: Any) -> str:
     """sha256 of a tokenizer's vocabulary and special tokens (what a model's ids mean)."""
-    return digest(
+    return digest_json(
         {
             "vocab": sorted(tokenizer.get_vocab().items()),
             "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},

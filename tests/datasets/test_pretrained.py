@@ -95,3 +95,19 @@ def test_failed_tokenizer_save_keeps_the_previous_one(tmp_path, bundle, monkeypa
         dataset.save(bundle.tokenizer)
     assert dataset.load()("abc")["input_ids"] == [2, 3, 4]
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_an_unchanged_tokenizer_is_not_saved_as_another_version(tmp_path, char_tokenizer):
+    from kedro.io.core import Version
+
+    from router_pipelines.datasets import PretrainedTokenizerDataset
+
+    root = tmp_path / "tokenizer"
+    PretrainedTokenizerDataset(str(root), version=Version(None, None)).save(char_tokenizer)
+    again = PretrainedTokenizerDataset(str(root), version=Version(None, None))
+    again.save(char_tokenizer)  # a warm run: the same tokenizer
+    assert len(list(root.iterdir())) == 1
+    assert again.load().get_vocab() == char_tokenizer.get_vocab()
+    char_tokenizer.add_tokens(["<new>"])
+    PretrainedTokenizerDataset(str(root), version=Version(None, None)).save(char_tokenizer)
+    assert len(list(root.iterdir())) == 2, "a changed tokenizer is a new version"

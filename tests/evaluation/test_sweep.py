@@ -251,7 +251,7 @@ def test_evaluation_imports_no_family_and_no_model_code():
                 imported.add((path.name, node.module))
             elif isinstance(node, ast.Import):
                 imported.update((path.name, alias.name) for alias in node.names)
-    assert any(module == "router_pipelines.evaluation.sweep" for _, module in imported)
+    assert any(module == "router_pipelines.evaluation.settings" for _, module in imported)
     forbidden = (
         "router_pipelines.families",
         "router_pipelines.models",

@@ -24,10 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
+from router_pipelines.data.tokenizer import load_saved_tokenizer
 from router_pipelines.data.token_store import STORE_FORMAT_VERSION, TokenBlocks
-from router_pipelines.storage import atomic_directory
+from router_pipelines.storage import atomic_directory, digest_json, digest_path
+
+fingerprint = digest_json  # the cache key of an entry's inputs
 
 logger = logging.getLogger(__name__)
 
@@ -59,25 +62,6 @@ class _PublishedMeanwhile(Exception):
     """Another run published the same entry while this one was building it."""
 
 
-def fingerprint(inputs: Mapping[str, Any]) -> str:
-    """sha256 hex of ``inputs`` as canonical JSON (sorted keys), stable across runs."""
-    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def digest_path(path: str | Path) -> str:
-    """sha256 hex of a file's bytes, or of every file (relative name and bytes) in a folder."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_entry(
     cache_dir: str | Path, key: str, trust_remote_code: bool = False
 ) -> CacheEntry | None:
@@ -86,9 +70,7 @@ def load_entry(
     meta = _valid_meta(path, key)
     if meta is None:
         return None
-    tokenizer = AutoTokenizer.from_pretrained(
-        path / TOKENIZER_DIR, trust_remote_code=trust_remote_code
-    )
+    tokenizer = load_saved_tokenizer(path / TOKENIZER_DIR, trust_remote_code=trust_remote_code)
     splits = {split: TokenBlocks.open(path / split) for split in SPLITS}
     return CacheEntry(tokenizer, splits, meta, cache_hit=True, path=path)
 

@@ -29,12 +29,12 @@ from transformers import PreTrainedTokenizerBase
 
 from router_pipelines.data.cache import (
     CacheEntry,
-    digest_path,
     fingerprint,
     load_entry,
     write_entry,
 )
 from router_pipelines.data.config import DataConfig
+from router_pipelines.storage import digest_path
 from router_pipelines.data.encoding import (
     BlockPacker,
     InstructionTask,

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 import pandas as pd
 
-from router_pipelines.data.cache import digest_path
+from router_pipelines.storage import digest_path
 from router_pipelines.data.config import DataConfig
 from router_pipelines.data.formats import to_chat_example, to_text_example
 from router_pipelines.data.validation import (

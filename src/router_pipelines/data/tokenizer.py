@@ -11,13 +11,15 @@ evaluation can report bits per byte, a loss comparable across tokenizers.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +148,29 @@ def load_pretrained_tokenizer(
     name_or_path: str, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
     """``AutoTokenizer.from_pretrained`` with a pad token guaranteed."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     ensure_pad_token(tokenizer)
     return tokenizer
+
+
+def load_saved_tokenizer(folder: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A tokenizer folder written by ``save_pretrained`` (local files only).
+
+    Our own BPE is a plain ``PreTrainedTokenizerFast``; loading it as such skips
+    ``AutoTokenizer``, whose import pulls in torch through the model configs (about 1.5 s of a
+    warm ``kedro run``). Any other class goes through ``AutoTokenizer``.
+    """
+    config_file = Path(folder) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    if config.get("tokenizer_class") == PreTrainedTokenizerFast.__name__:
+        return PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        str(folder), trust_remote_code=trust_remote_code, local_files_only=True
+    )
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:

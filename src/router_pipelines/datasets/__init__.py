@@ -12,36 +12,21 @@ Names are imported on first use (PEP 562), as kedro-datasets does: a catalog tha
 dataset does not pay for importing pandas, pyarrow and matplotlib for the others.
 """
 
-from __future__ import annotations
+from router_pipelines.lazy import lazy_exports
 
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "AtomicJSONDataset": "atomic",
-    "AtomicMatplotlibDataset": "atomic",
-    "AtomicParquetDataset": "atomic",
-    "ModelRegistry": "registry",
-    "ModelRegistryDataset": "registry",
-    "ModelStore": "model_store",
-    "ModelVersionsDataset": "model_store",
-    "PretrainedModelDataset": "pretrained",
-    "PretrainedTokenizerDataset": "pretrained",
-    "RegisteredModelVersion": "registry",
-    "StoredModel": "model_store",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "AtomicJSONDataset": "atomic",
+        "AtomicMatplotlibDataset": "atomic",
+        "AtomicParquetDataset": "atomic",
+        "ModelRegistry": "registry",
+        "ModelRegistryDataset": "registry",
+        "ModelStore": "model_store",
+        "ModelVersionsDataset": "model_store",
+        "PretrainedModelDataset": "pretrained",
+        "PretrainedTokenizerDataset": "pretrained",
+        "RegisteredModelVersion": "registry",
+        "StoredModel": "model_store",
+    },
+)

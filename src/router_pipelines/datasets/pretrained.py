@@ -15,6 +15,8 @@ tokenizer) so every saved folder can be used on its own with ``from_pretrained``
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,10 +24,18 @@ from kedro.io import AbstractVersionedDataset
 from kedro.io.core import Version
 
 from router_pipelines.models.bundle import ModelBundle, load_bundle, save_bundle
-from router_pipelines.storage import atomic_directory
+from router_pipelines.storage import atomic_directory, digest_path
 
 TOKENIZER_FILE = "tokenizer_config.json"  # every save_pretrained tokenizer folder has it
 MODEL_CONFIG_FILE = "config.json"
+
+
+def _existing_parent(path: Path) -> str:
+    """The nearest existing folder above ``path`` (a scratch folder on the same disk)."""
+    for parent in path.parents:
+        if parent.is_dir():
+            return str(parent)
+    return "."
 
 
 def _has(name: str):
@@ -33,7 +43,7 @@ def _has(name: str):
 
 
 class PretrainedTokenizerDataset(AbstractVersionedDataset):
-    """A tokenizer saved with ``save_pretrained`` and loaded with ``AutoTokenizer``.
+    """A tokenizer saved with ``save_pretrained`` and loaded with ``data.tokenizer.load_saved_tokenizer``.
 
     Catalog example::
 
@@ -59,18 +69,35 @@ class PretrainedTokenizerDataset(AbstractVersionedDataset):
         self.metadata = metadata
 
     def load(self) -> Any:
-        from transformers import AutoTokenizer
+        from router_pipelines.data.tokenizer import load_saved_tokenizer
 
-        return AutoTokenizer.from_pretrained(
-            str(self._get_load_path()),
-            trust_remote_code=self._trust_remote_code,
-            local_files_only=True,
-        )
+        return load_saved_tokenizer(self._get_load_path(), self._trust_remote_code)
 
     def save(self, data: Any) -> None:
-        with atomic_directory(Path(self._get_save_path())) as staging:
-            data.save_pretrained(str(staging))
+        """Write a new version, unless it would be a byte-identical copy of the newest one.
+
+        A warm run reads its tokenizer back from the token cache; writing it again every run
+        would pile up identical versions, so this run's version becomes the existing one.
+        """
+        target = Path(self._get_save_path())
+        newest = self._newest_version() if self._version is not None else None
+        with tempfile.TemporaryDirectory(prefix=".tok-", dir=_existing_parent(target)) as tmp:
+            data.save_pretrained(tmp)
+            if newest is not None and digest_path(tmp) == digest_path(newest):
+                self._version = Version(self._version.load, newest.parent.name)
+                self._clear_version_cache()
+                return
+            with atomic_directory(target) as staging:
+                for item in Path(tmp).iterdir():
+                    shutil.move(str(item), staging / item.name)
         self._clear_version_cache()
+
+    def _newest_version(self) -> Path | None:
+        try:
+            folder = Path(self._get_load_path())
+        except Exception:  # no version saved yet
+            return None
+        return folder if (folder / TOKENIZER_FILE).is_file() else None
 
     def _exists(self) -> bool:
         try:

@@ -9,22 +9,21 @@
 Nothing here imports a family: a family's settings come in as objects.
 """
 
-from router_pipelines.evaluation.language_modeling import evaluate_language_model
-from router_pipelines.evaluation.pareto import pareto_front, plot_fronts, plot_pareto
-from router_pipelines.evaluation.settings import ModelAsIs, Setting, TimedModel
-from router_pipelines.evaluation.speed import measure_throughput
-from router_pipelines.evaluation.sweep import SpeedConfig, SweepConfig, evaluate_settings
+from router_pipelines.lazy import lazy_exports
 
-__all__ = [
-    "ModelAsIs",
-    "Setting",
-    "SpeedConfig",
-    "SweepConfig",
-    "TimedModel",
-    "evaluate_language_model",
-    "evaluate_settings",
-    "measure_throughput",
-    "pareto_front",
-    "plot_fronts",
-    "plot_pareto",
-]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "ModelAsIs": "settings",
+        "Setting": "settings",
+        "SpeedConfig": "sweep",
+        "SweepConfig": "sweep",
+        "TimedModel": "settings",
+        "evaluate_language_model": "language_modeling",
+        "evaluate_settings": "sweep",
+        "measure_throughput": "speed",
+        "pareto_front": "pareto",
+        "plot_fronts": "pareto",
+        "plot_pareto": "pareto",
+    },
+)

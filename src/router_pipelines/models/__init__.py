@@ -1,26 +1,18 @@
 """Plain-PyTorch models: quantizers and precision-switchable LMs (never imports Kedro)."""
 
-from router_pipelines.models.quant_modules import QuantEmbedding, QuantLinear
-from router_pipelines.models.quantization import (
-    LsqQuantizer,
-    MultiWidthQuantizer,
-    NestedQuantizer,
-    quant_range,
-)
-from router_pipelines.models.switchable import (
-    SwitchableConfig,
-    SwitchableLM,
-    make_switchable,
-)
+from router_pipelines.lazy import lazy_exports
 
-__all__ = [
-    "LsqQuantizer",
-    "MultiWidthQuantizer",
-    "NestedQuantizer",
-    "QuantEmbedding",
-    "QuantLinear",
-    "SwitchableConfig",
-    "SwitchableLM",
-    "make_switchable",
-    "quant_range",
-]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "LsqQuantizer": "quantization",
+        "MultiWidthQuantizer": "quantization",
+        "NestedQuantizer": "quantization",
+        "QuantEmbedding": "quant_modules",
+        "QuantLinear": "quant_modules",
+        "SwitchableConfig": "switchable",
+        "SwitchableLM": "switchable",
+        "make_switchable": "switchable",
+        "quant_range": "quantization",
+    },
+)

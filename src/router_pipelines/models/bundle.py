@@ -13,11 +13,12 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from router_pipelines.models.hf_files import load_hf_config, read_json_file
+
+if TYPE_CHECKING:  # torch is imported by the loaders that need it, not by listing a catalog
+    from torch import nn
 
 BUNDLE_FILE = "router_pipelines.json"  # which family the folder holds, plus free-form metadata
 DEFAULT_FAMILY = "causal_lm"  # a folder without BUNDLE_FILE: any transformers causal LM
@@ -28,7 +29,7 @@ FAMILY_LOADERS: dict[str, str] = {
     "switchable": "router_pipelines.models.switchable_io:load_switchable_model",
 }
 
-ModelLoader = Callable[[Path, bool], nn.Module]
+ModelLoader = Callable[[Path, bool], "nn.Module"]
 
 
 @dataclass

@@ -7,41 +7,30 @@ callbacks, per-run folders of atomic checkpoints with exact resume (full or trai
 and several processes.
 """
 
-from router_pipelines.training.callbacks import TrainerCallback
-from router_pipelines.training.config import RESULT_NEUTRAL_FIELDS, TrainingConfig
-from router_pipelines.training.engine import NonFiniteLossError, Trainer
-from router_pipelines.training.eval_loop import EvalCallback
-from router_pipelines.training.losses import LossFn, causal_lm_loss, combine_losses
-from router_pipelines.training.lr_finder import LRFinderResult, find_lr, plot_lr_finder
-from router_pipelines.training.result import TrainResult
-from router_pipelines.training.runs import find_latest_checkpoint, result_affecting_fields
-from router_pipelines.training.runtime import (
-    PrecisionPlan,
-    describe_precision,
-    precision_plan,
-    resolve_mixed_precision,
-)
-from router_pipelines.training.state import TrainerState
+from router_pipelines.lazy import lazy_exports
 
-__all__ = [
-    "RESULT_NEUTRAL_FIELDS",
-    "EvalCallback",
-    "LRFinderResult",
-    "LossFn",
-    "NonFiniteLossError",
-    "PrecisionPlan",
-    "TrainResult",
-    "Trainer",
-    "TrainerCallback",
-    "TrainerState",
-    "TrainingConfig",
-    "causal_lm_loss",
-    "combine_losses",
-    "describe_precision",
-    "find_latest_checkpoint",
-    "find_lr",
-    "plot_lr_finder",
-    "precision_plan",
-    "resolve_mixed_precision",
-    "result_affecting_fields",
-]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "EvalCallback": "eval_loop",
+        "LRFinderResult": "lr_finder",
+        "LossFn": "losses",
+        "NonFiniteLossError": "engine",
+        "PrecisionPlan": "runtime",
+        "RESULT_NEUTRAL_FIELDS": "config",
+        "TrainResult": "result",
+        "Trainer": "engine",
+        "TrainerCallback": "callbacks",
+        "TrainerState": "state",
+        "TrainingConfig": "config",
+        "causal_lm_loss": "losses",
+        "combine_losses": "losses",
+        "describe_precision": "runtime",
+        "find_latest_checkpoint": "runs",
+        "find_lr": "lr_finder",
+        "plot_lr_finder": "lr_finder",
+        "precision_plan": "runtime",
+        "resolve_mixed_precision": "runtime",
+        "result_affecting_fields": "runs",
+    },
+)

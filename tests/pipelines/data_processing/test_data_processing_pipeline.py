@@ -145,7 +145,7 @@ def test_hub_dataset_replaces_raw_path(tmp_path, monkeypatch):
         seen.append(cfg.hub_dataset)
         return "scanned hub corpus"
 
-    monkeypatch.setattr(data_nodes, "scan_hub_dataset", fake_hub)
+    monkeypatch.setattr("router_pipelines.data.hub.scan_hub_dataset", fake_hub)
     params = {"hub_dataset": "wikitext2", "raw_path": "does/not/exist.jsonl"}
     assert data_nodes.ingest_corpus(params) == "scanned hub corpus"
     assert seen == ["wikitext2"]

@@ -9,48 +9,28 @@
 The model itself is plain PyTorch in :mod:`router_pipelines.models.switchable`.
 """
 
-from router_pipelines.families.switchable.bits import bit_report
-from router_pipelines.families.switchable.loss import (
-    DistillConfig,
-    SoftTargets,
-    distillation_kl,
-    make_eval_loss,
-    make_switchable_loss,
-    soft_targets,
-)
-from router_pipelines.families.switchable.schedules import (
-    STRATEGIES,
-    SwitchingConfig,
-    bit_widths_for_step,
-    lr_multiplier_fn,
-    width_step_counts,
-)
-from router_pipelines.families.switchable.settings import (
-    BitEvalConfig,
-    BitSetting,
-    PackedSpeedConfig,
-    build_bit_settings,
-    build_configurations,
-    check_widths,
-)
+from router_pipelines.lazy import lazy_exports
 
-__all__ = [
-    "STRATEGIES",
-    "BitEvalConfig",
-    "BitSetting",
-    "DistillConfig",
-    "PackedSpeedConfig",
-    "SoftTargets",
-    "SwitchingConfig",
-    "bit_report",
-    "bit_widths_for_step",
-    "build_bit_settings",
-    "build_configurations",
-    "check_widths",
-    "distillation_kl",
-    "lr_multiplier_fn",
-    "make_eval_loss",
-    "make_switchable_loss",
-    "soft_targets",
-    "width_step_counts",
-]
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "BitEvalConfig": "settings",
+        "BitSetting": "settings",
+        "DistillConfig": "loss",
+        "PackedSpeedConfig": "settings",
+        "STRATEGIES": "schedules",
+        "SoftTargets": "loss",
+        "SwitchingConfig": "schedules",
+        "bit_report": "bits",
+        "bit_widths_for_step": "schedules",
+        "build_bit_settings": "settings",
+        "build_configurations": "settings",
+        "check_widths": "settings",
+        "distillation_kl": "loss",
+        "lr_multiplier_fn": "schedules",
+        "make_eval_loss": "loss",
+        "make_switchable_loss": "loss",
+        "soft_targets": "loss",
+        "width_step_counts": "schedules",
+    },
+)

@@ -8,17 +8,18 @@ No node holds the corpus: ``ingest_corpus`` streams it once and returns a small 
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from router_pipelines.config import config_from_dict
 from router_pipelines.data.config import DataConfig
-from router_pipelines.data.hub import scan_hub_dataset
-from router_pipelines.data.prepare import CorpusSplit, choose_splits, prepare_token_data
-from router_pipelines.data.sources import CorpusSource, scan_corpus
-from router_pipelines.data.token_store import TokenBlocks
 from router_pipelines.hooks import main_process_first
+
+if TYPE_CHECKING:  # the data modules import transformers: only the nodes that run load them
+    from transformers import PreTrainedTokenizerBase
+
+    from router_pipelines.data.prepare import CorpusSplit
+    from router_pipelines.data.sources import CorpusSource
+    from router_pipelines.data.token_store import TokenBlocks
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,9 @@ def ingest_corpus(data_params: dict[str, Any]) -> CorpusSource:
         ValueError: bad parameters; ``DataValidationError`` for malformed records.
         FileNotFoundError: ``data.raw_path`` does not exist.
     """
+    from router_pipelines.data.hub import scan_hub_dataset
+    from router_pipelines.data.sources import scan_corpus
+
     cfg = config_from_dict(DataConfig, data_params, "data")
     if cfg.hub_dataset is not None:
         return scan_hub_dataset(cfg)
@@ -41,6 +45,8 @@ def ingest_corpus(data_params: dict[str, Any]) -> CorpusSource:
 
 def split_corpus(corpus: CorpusSource, data_params: dict[str, Any]) -> CorpusSplit:
     """Subsample ``data.max_records`` records and hold out ``data.validation_fraction``."""
+    from router_pipelines.data.prepare import choose_splits
+
     cfg = config_from_dict(DataConfig, data_params, "data")
     corpus_split = choose_splits(corpus, cfg)
     logger.info(
@@ -64,6 +70,8 @@ def tokenize_corpus(
     Raises:
         ValueError: a split gives no block; nothing is cached then.
     """
+    from router_pipelines.data.prepare import prepare_token_data
+
     cfg = config_from_dict(DataConfig, data_params, "data")
     # Under `accelerate launch` the main process builds and writes the cache entry; the others
     # wait, then read it back (a cache hit) instead of racing it for the same entry.

@@ -7,7 +7,7 @@ from typing import Any
 
 from router_pipelines.config import RegisterConfig, check_bool, check_int, config_from_dict
 from router_pipelines.models.presets import ModelConfig
-from router_pipelines.training import TrainingConfig
+from router_pipelines.training.config import TrainingConfig
 
 
 @dataclass

@@ -30,7 +30,7 @@ from router_pipelines.families.switchable import (
 )
 from router_pipelines.model_source import ModelSourceConfig
 from router_pipelines.models.switchable import SwitchableConfig
-from router_pipelines.training import TrainingConfig
+from router_pipelines.training.config import TrainingConfig
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router_pipelines.model_source import (
     FINGERPRINT_TAG,
@@ -22,7 +22,9 @@ from router_pipelines.pipelines.common import (
     thin_history,
     trained_summary,
 )
-from router_pipelines.pipelines.switchable.config import SwitchableParams, parse_switchable_params
+
+if TYPE_CHECKING:  # the family's configs import torch: only the nodes that run load them
+    from router_pipelines.pipelines.switchable.config import SwitchableParams
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ def train_switchable(
     """
     from router_pipelines.config import config_from_dict
     from router_pipelines.hooks import world_size
+    from router_pipelines.pipelines.switchable.config import parse_switchable_params
 
     params = parse_switchable_params(
         {
