@@ -4,7 +4,7 @@ On the embedded default corpus (``data/01_raw/python_docs.jsonl`` through the da
 ``conf/base/parameters_data_processing.yml``):
 
 1. a full-precision ``tiny`` GPT-2 base model, trained with the engine (``pretrain`` node
-   ``train_base_model``, ``--base-steps``) or reused from ``data/06_models/base_lm/`` when the
+   ``train_base_model``, ``--base-steps``) or reused from ``data/06_models/pretrain/`` when the
    newest saved one has the same tokenizer and preset (``--base auto``); it is the teacher;
 2. from that base, with the ``switchable`` pipeline's own node ``train_switchable`` and the
    defaults of ``conf/base/parameters_switchable.yml`` (CE + KD from the teacher, T = 2,
@@ -43,6 +43,7 @@ import common
 import transformers
 import yaml
 
+from router_pipelines.data.token_store import TokenBlocks
 from router_pipelines.data.torch_dataset import TokenBlockDataset
 from router_pipelines.evaluation import evaluate_language_model
 from router_pipelines.models.bundle import ModelBundle, load_bundle
@@ -58,7 +59,7 @@ from router_pipelines.pipelines.switchable.nodes import train_switchable
 
 NAME = "switchable_quality"
 CONF = common.PROJECT_ROOT / "conf" / "base"
-SAVED_BASES = common.PROJECT_ROOT / "data" / "06_models" / "base_lm"
+SAVED_BASES = common.PROJECT_ROOT / "data" / "06_models" / "pretrain"
 TARGET_VS_SEPARATE = {8: 1.03, 4: 1.03, 2: 1.10}  # max switchable / separate perplexity
 TARGET_8BIT_VS_TEACHER = 1.01
 NO_SAVING = {  # the benchmark evaluates the final weights itself; nothing is written
@@ -79,17 +80,15 @@ def load_params(name: str) -> dict[str, Any]:
 def load_tokens() -> tuple[Any, Any, Any, dict[str, Any]]:
     """``(tokenizer, train_tokens, validation_tokens, data_report)`` of the default corpus,
     through the data-processing nodes (the token cache makes a re-run fast)."""
-    params = load_params("data_processing")
-    path = str(common.PROJECT_ROOT / params["raw_path"])
-    data = dict(params["data"])
-    data["cache_dir"] = str(common.PROJECT_ROOT / data["cache_dir"])
-    train_records, validation_records = split_corpus(ingest_corpus(path, data), data)
-    return tokenize_corpus(train_records, validation_records, data)
+    data = dict(load_params("data_processing")["data"])
+    for key in ("raw_path", "cache_dir"):
+        data[key] = str(common.PROJECT_ROOT / data[key])
+    return tokenize_corpus(split_corpus(ingest_corpus(data), data), data)
 
 
 def saved_base(tokenizer: Any, preset: str) -> tuple[ModelBundle | None, str]:
     """The newest saved ``base_lm`` if its tokenizer and preset match, and why (not) used."""
-    versions = sorted(SAVED_BASES.glob("*/base_lm/config.json"))
+    versions = sorted(SAVED_BASES.glob("*/pretrain/config.json"))
     if not versions:
         return None, f"no saved base model under {SAVED_BASES}"
     folder = versions[-1].parent
@@ -118,7 +117,17 @@ def train_base(tokens: tuple, args: argparse.Namespace, output_dir: str) -> Mode
         batch_size=args.base_batch_size,
         warmup_steps=min(params["training"]["warmup_steps"], args.base_steps // 10),
     )
-    bundle, summary, _, _ = train_base_model(train_tokens, validation_tokens, tokenizer, params)
+    bundle, summary, _, _ = train_base_model(
+        train_tokens,
+        validation_tokens,
+        tokenizer,
+        None,  # no saved models or registry to look at: without a source the node trains
+        None,
+        params["model"],
+        params["training"],
+        params["lr_finder"],
+        params["register"],
+    )
     print(f"trained base model: {summary}", flush=True)
     return bundle
 
@@ -153,7 +162,17 @@ def train_student(
     # train_switchable freezes the teacher it is given (requires_grad_(False)); a deep copy
     # keeps the base trainable for the next student, which is copied from it.
     fresh = ModelBundle(copy.deepcopy(base.model), base.tokenizer, dict(base.metadata))
-    bundle, summary, _ = train_switchable(fresh, train_tokens, validation_tokens, params)
+    bundle, summary, _ = train_switchable(
+        fresh,
+        train_tokens,
+        validation_tokens,
+        None,  # without a source the node trains: no saved models or registry needed
+        None,
+        params["model"],
+        params["quantization"],
+        params["training"],
+        params["experiment"]["register"],
+    )
     return bundle.model, summary
 
 
@@ -327,9 +346,14 @@ def add_ratios(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dic
     return targets
 
 
-def _shorten(frame: Any, rows: int, seq_len: int = 32) -> Any:
-    """The first ``rows`` rows of a token frame, each cut to its first ``seq_len`` tokens."""
-    return frame.head(rows).map(lambda cell: list(cell)[:seq_len])
+def _shorten(blocks: Any, rows: int, seq_len: int = 32) -> Any:
+    """The first ``rows`` blocks of a token store, each cut to its first ``seq_len`` tokens."""
+    return TokenBlocks.from_arrays(
+        blocks.input_ids[:rows, :seq_len],
+        blocks.labels[:rows, :seq_len],
+        blocks.attention_mask[:rows, :seq_len],
+        fingerprint=f"{blocks.fingerprint}-first{rows}x{seq_len}",
+    )
 
 
 def _loss_setting(args: argparse.Namespace) -> str:

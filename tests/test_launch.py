@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,13 +22,13 @@ from kedro.framework.hooks.manager import _create_hook_manager, _register_hooks_
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from kedro.runner import SequentialRunner
+from project_copy import copy_project
 
 from router_pipelines import launch
 from router_pipelines.hooks import MainProcessOnlyOutputs, is_main_process
 from router_pipelines.pipelines.pretrain.nodes import register_base_model
 from router_pipelines.pipelines.switchable.nodes import register_switchable
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 # Over conf/debug, so the numbers asserted below do not depend on it.
@@ -178,17 +177,7 @@ def _free_port() -> int:
 @pytest.fixture
 def project(tmp_path):
     """conf/, pyproject.toml, .telemetry and the corpus in tmp (the package is the installed one)."""
-    root = tmp_path / "project"
-    root.mkdir()
-    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(PROJECT_ROOT / name, root / name)
-    (root / "src").mkdir()
-    raw = root / "data" / "01_raw"
-    raw.mkdir(parents=True)
-    shutil.copy(PROJECT_ROOT / "data/01_raw/python_docs.jsonl", raw / "python_docs.jsonl")
-    return root
+    return copy_project(tmp_path / "project")
 
 
 def _launch_two_processes(project: Path, tmp_path: Path, pipeline: str, params: str) -> str:

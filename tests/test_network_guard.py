@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from project_copy import copy_project
 
 from router_pipelines.telemetry import TELEMETRY_SWITCHES
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GUARD = Path(__file__).with_name("network_guard.py")
 pytestmark = pytest.mark.slow
 
@@ -84,17 +83,7 @@ def described(found: list[dict]) -> str:
 def project_copy(tmp_path) -> Path:
     """conf/ (without local), pyproject.toml, .telemetry and the embedded corpus; the package
     itself is the installed (editable) one."""
-    root = tmp_path / "project"
-    root.mkdir()
-    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(PROJECT_ROOT / name, root / name)
-    (root / "src").mkdir()
-    raw = root / "data" / "01_raw"
-    raw.mkdir(parents=True)
-    shutil.copy(PROJECT_ROOT / "data/01_raw/python_docs.jsonl", raw / "python_docs.jsonl")
-    return root
+    return copy_project(tmp_path / "project")
 
 
 def test_guard_catches_lookups_and_connections_in_any_thread(tmp_path):

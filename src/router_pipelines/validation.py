@@ -181,3 +181,35 @@ def registry_problem(run: RunParameters, key: str, source: Any, default_name: st
     except ValueError as err:
         return f"{key}.registry_name / registry_version: {err}"
     return None
+
+
+def remote_code_problem(key: str, name_or_path: str | None, trust_remote_code: bool) -> str | None:
+    """A problem when a local model or tokenizer folder ships its own code (``auto_map``) and
+    ``trust_remote_code`` is off: transformers would refuse it only once the node loads it."""
+    if not name_or_path or trust_remote_code or not Path(name_or_path).is_dir():
+        return None
+    import json
+
+    for name in ("config.json", "tokenizer_config.json"):
+        path = Path(name_or_path) / name
+        try:
+            declares_code = "auto_map" in json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if declares_code:
+            return (
+                f"{key}.name_or_path: {name_or_path!r} ships its own Python code (auto_map in "
+                f"{name}); loading it runs that code. Set {key}.trust_remote_code: true only if "
+                "you trust its source"
+            )
+    return None
+
+
+def log_precision(key: str, training_config: Any) -> None:
+    """Say before the run which precision a training config really trains in on this machine
+    (a warning when it is not what was asked, e.g. fp16 on a CPU runs in fp32)."""
+    from router_pipelines.training import describe_precision, precision_plan
+
+    plan = precision_plan(training_config)
+    level = logging.WARNING if plan.note else logging.INFO
+    logger.log(level, "%s.%s", key, describe_precision(training_config))

@@ -17,9 +17,9 @@ import pytest
 import torch
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from project_copy import copy_project
 from safetensors.torch import load_file
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 MODELS = Path("data/06_models/debug")
@@ -28,20 +28,6 @@ MODEL_OUTPUT = Path("data/07_model_output/debug")
 # The debug environment's logging and step counts (conf/debug/parameters_*.yml).
 PRETRAIN_STEPS, PRETRAIN_LOGGING = 30, 5
 SWITCHABLE_STEPS, SWITCHABLE_LOGGING = 12, 3
-
-
-def copy_project(root: Path) -> None:
-    """conf/, pyproject.toml and the embedded corpus copied to ``root`` (the package itself is
-    the installed, editable one)."""
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(PROJECT_ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        shutil.copy(PROJECT_ROOT / name, root / name)
-    (root / "src").mkdir()
-    raw = root / "data" / "01_raw"
-    raw.mkdir(parents=True)
-    shutil.copy(PROJECT_ROOT / "data/01_raw/python_docs.jsonl", raw / "python_docs.jsonl")
 
 
 @pytest.fixture(scope="module")

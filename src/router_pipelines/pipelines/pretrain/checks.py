@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from router_pipelines.validation import RunParameters, path_problem
-
-logger = logging.getLogger(__name__)
+from router_pipelines.validation import (
+    RunParameters,
+    log_precision,
+    path_problem,
+    remote_code_problem,
+)
 
 
 def check_pretrain(run: RunParameters) -> list[str]:
@@ -35,9 +37,10 @@ def check_pretrain(run: RunParameters) -> list[str]:
             "ids); set data.tokenizer.name_or_path to the same model, or "
             "pretrain.model.resize_token_embeddings: true to retrain it on the new vocabulary"
         )
-    from router_pipelines.training import describe_precision
-
-    logger.info("pretrain.training: %s", describe_precision(params.training))
+    problems.append(
+        remote_code_problem("pretrain.model", model.name_or_path, model.trust_remote_code)
+    )
+    log_precision("pretrain.training", params.training)
     return [problem for problem in problems if problem]
 
 

@@ -11,7 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 from router_pipelines.pipelines.pretrain.checks import model_positions
-from router_pipelines.validation import RunParameters, path_problem, registry_problem
+from router_pipelines.validation import (
+    RunParameters,
+    log_precision,
+    path_problem,
+    registry_problem,
+)
 
 
 def check_switchable(run: RunParameters) -> list[str]:
@@ -20,6 +25,7 @@ def check_switchable(run: RunParameters) -> list[str]:
     problems = [
         path_problem("switchable.training.output_dir", params.training.output_dir, must_be="folder")
     ]
+    log_precision("switchable.training", params.training)
     if "switchable.base" in run.used_params:
         problems.append(registry_problem(run, "switchable.base", params.base, "base_lm"))
     base_known = pretrain is not None and not (
