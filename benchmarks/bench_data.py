@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import common
 
 NAME = "data"
 WARM_TARGET = 0.10  # warm / cold
+WARM_RUN_TARGET_S = 6.0  # issue 7, section 6: a warm `kedro run --pipeline=data_processing`
 RAW_PATH = common.PROJECT_ROOT / "data/01_raw/python_docs.jsonl"
 PARAMS_FILE = common.PROJECT_ROOT / "conf/base/parameters_data_processing.yml"
 RESULT_MARKER = "BENCH_DATA_RESULT "
@@ -50,6 +50,11 @@ def data_params(cache_dir: str, max_records: int | None) -> dict[str, Any]:
 def worker(cache_dir: str, max_records: int | None) -> None:
     """One fresh-process run of the three nodes; prints its timings as one JSON line."""
     started = time.perf_counter()
+    # The nodes import the data layer (pandas, tokenizers, transformers) when they first run;
+    # import it here so the node timings are the work alone, as the docstring says.
+    import router_pipelines.data.hub
+    import router_pipelines.data.prepare
+    import router_pipelines.data.sources  # noqa: F401
     from router_pipelines.pipelines.data_processing import nodes
 
     timings = {"import_s": time.perf_counter() - started}
@@ -100,23 +105,18 @@ def bench_nodes(repeats: int, max_records: int | None) -> dict[str, list[dict[st
 
 
 def project_copy(root: Path) -> Path:
-    """conf/ (without local), pyproject.toml and the corpus copied to ``root`` (as the e2e test)."""
-    src = common.PROJECT_ROOT
-    shutil.copytree(src / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    for name in ("pyproject.toml", ".telemetry"):
-        if (src / name).exists():
-            shutil.copy(src / name, root / name)
-    (root / "src").mkdir()  # the package itself is the installed (editable) one
-    (root / "data" / "01_raw").mkdir(parents=True)
-    shutil.copy(RAW_PATH, root / "data/01_raw/python_docs.jsonl")
-    return root
+    """A throw-away project copy, made the way the end-to-end tests make one."""
+    sys.path.insert(0, str(common.PROJECT_ROOT / "tests"))
+    from project_copy import copy_project
+
+    return copy_project(root)
 
 
 def bench_kedro(repeats: int, max_records: int | None) -> dict[str, list[float]]:
-    """Wall seconds of ``kedro run --pipeline=data_processing``, cold then warm, per repeat."""
+    """Wall seconds of ``kedro run --pipeline=data_processing``, cold then warm, per repeat,
+    and of ``kedro registry list`` (start-up plus loading every pipeline)."""
     kedro = Path(sys.executable).with_name("kedro")
-    runs: dict[str, list[float]] = {"cold": [], "warm": []}
+    runs: dict[str, list[float]] = {"cold": [], "warm": [], "registry list": []}
     with tempfile.TemporaryDirectory(prefix="bench_data_kedro_") as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "KEDRO_DISABLE_TELEMETRY": "1"}
@@ -146,6 +146,11 @@ def bench_kedro(repeats: int, max_records: int | None) -> dict[str, list[float]]
                     raise RuntimeError(f"kedro {state} run: cache_hit={report['cache_hit']}")
                 runs[state].append(seconds)
                 print(f"kedro {repeat + 1}/{repeats} {state}: {seconds:.2f} s")
+            started = time.perf_counter()
+            subprocess.run(
+                [str(kedro), "registry", "list"], cwd=root, env=env, check=True, capture_output=True
+            )
+            runs["registry list"].append(time.perf_counter() - started)
     return runs
 
 
@@ -227,8 +232,9 @@ def result_rows(nodes_runs, kedro_runs, tok) -> list[dict[str, Any]]:
         stats = common.summarize(seconds)
         rows.append(
             {
-                "table": "`kedro run --pipeline=data_processing` wall time (seconds)",
-                "cache": state,
+                "table": "`kedro run --pipeline=data_processing` and `kedro registry list` "
+                "wall time (seconds)",
+                "command": state if state == "registry list" else f"run, {state} cache",
                 "wall_s": round(stats["median"], 2),
                 "iqr_s": round(stats["iqr"], 2),
                 "runs": stats["n"],
@@ -303,6 +309,14 @@ def main() -> None:
                 kedro_warm / kedro_cold <= WARM_TARGET,
             )
         )
+        targets.append(
+            common.target(
+                "`kedro run --pipeline=data_processing` on a warm cache (whole command)",
+                f"< {WARM_RUN_TARGET_S:.0f} s",
+                f"{kedro_warm:.1f} s",
+                kedro_warm < WARM_RUN_TARGET_S,
+            )
+        )
     tokenize_ratio = _median(nodes_runs["warm"], "tokenize_corpus_s") / _median(
         nodes_runs["cold"], "tokenize_corpus_s"
     )
@@ -340,6 +354,14 @@ def main() -> None:
             "Tokenizer: BPE training on the train split (as the pipeline); encoding is the "
             "whole corpus in batches of 1024 texts, as pack_documents does; tokens are counted "
             "without special tokens; MB = 10^6 bytes of UTF-8 text.",
+            "Start-up before issue 7's changes (commit d604903, same machine, 2 cores, "
+            "measured with /usr/bin/time): `kedro registry list` 7.8-8.6 s, a warm "
+            "`kedro run --pipeline=data_processing` 9.3 s (16.8 s in the earlier benchmark, "
+            "under load). python -X importtime showed torch, transformers and accelerate "
+            "imported by the pipeline modules (2.6 s before any node) and torch again through "
+            "the model datasets and AutoTokenizer; they are now imported by the nodes that use "
+            "them. What is left of a warm run is mostly Kedro, kedro-mlflow and MLflow "
+            "(about 2 s for the mlflow import that kedro-mlflow's CLI plugin does).",
         ],
         seconds=time.perf_counter() - started,
     )

@@ -52,3 +52,22 @@ def char_tokenizer():
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+
+
+@pytest.fixture
+def lm_dataset():
+    """Four seeded sequences of 16 tokens, all positions scored."""
+    from tiny_models import VOCAB_SIZE, ListDataset
+
+    generator = torch.Generator().manual_seed(0)
+    items = []
+    for _ in range(4):
+        input_ids = torch.randint(0, VOCAB_SIZE, (16,), generator=generator)
+        items.append(
+            {
+                "input_ids": input_ids,
+                "labels": input_ids.clone(),
+                "attention_mask": torch.ones(16, dtype=torch.long),
+            }
+        )
+    return ListDataset(items)

@@ -278,3 +278,44 @@ class RegisterConfig:
     def __post_init__(self) -> None:
         check_bool("enabled", self.enabled)
         check_non_empty_str("name", self.name)
+
+
+def flatten_settings(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (empty mappings stay leaves)."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_settings(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+_ABSENT = object()
+
+
+def setting_differences(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """``"key before -> after"`` for every nested leaf that differs (``<absent>`` when a side
+    lacks it), sorted by key; values compared as JSON brings them back (tuples as lists)."""
+    import json
+
+    def comparable(values: Mapping[str, Any]) -> dict[str, Any]:
+        return json.loads(json.dumps(flatten_settings(values), default=str))
+
+    old, new = comparable(before), comparable(after)
+    differences = []
+    for key in sorted(set(old) | set(new)):
+        was, now = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if was != now:
+            differences.append(f"{key} {format_setting(was)} -> {format_setting(now)}")
+    return differences
+
+
+def format_setting(value: Any) -> str:
+    """A setting's value as an error message shows it (strings bare, the rest as JSON)."""
+    import json
+
+    if value is _ABSENT:
+        return "<absent>"
+    return value if isinstance(value, str) and value else json.dumps(value)

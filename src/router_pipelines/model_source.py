@@ -28,13 +28,12 @@ or ``registry`` explicitly.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router_pipelines.config import check_choice, check_registry_version
+from router_pipelines.config import check_choice, check_registry_version, setting_differences
 from router_pipelines.storage import digest_json
 
 logger = logging.getLogger(__name__)
@@ -75,31 +74,11 @@ class ModelIdentity:
         return {"fingerprint": self.fingerprint, "inputs": dict(self.inputs)}
 
     def differences(self, other: Mapping[str, Any] | None) -> list[str]:
-        """``"key: theirs -> ours"`` for every leaf that differs from ``other`` (an identity's
-        ``inputs``); ``["no identity recorded"]`` for a model saved before identities existed."""
+        """``"key theirs -> ours"`` for every leaf that differs from ``other`` (an identity's
+        ``inputs``); one explanatory entry for a model saved before identities existed."""
         if not other:
             return ["it records no identity (saved by an older version of the project)"]
-        ours, theirs = _flatten(dict(self.inputs)), _flatten(dict(other))
-        keys = sorted(set(ours) | set(theirs))
-        return [
-            f"{key}: {theirs.get(key, '<absent>')!r} -> {ours.get(key, '<absent>')!r}"
-            for key in keys
-            if ours.get(key, _MISSING) != theirs.get(key, _MISSING)
-        ]
-
-
-_MISSING = object()
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = json.loads(json.dumps(value, default=str))  # tuples -> lists
-    return flat
+        return setting_differences(other, self.inputs)
 
 
 def identity_of(metadata: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -207,6 +186,32 @@ def resolve_source(
             )
         return SourceDecision("registry", bundle, version.uri, bundle.metadata)
     return SourceDecision(config.source)
+
+
+def decide_source(
+    source_params: Mapping[str, Any] | None,
+    key: str,
+    identity: ModelIdentity,
+    saved: Any,
+    registry: Any,
+    *,
+    registry_name: str,
+) -> SourceDecision:
+    """:func:`resolve_source` for a provider node: its ``source`` parameters (``None``: train)
+    parsed at ``key``, registry look-ups only in a single process."""
+    from router_pipelines.config import config_from_dict
+    from router_pipelines.hooks import world_size
+
+    config = config_from_dict(ModelSourceConfig, source_params, key)
+    return resolve_source(
+        config,
+        identity,
+        saved,
+        registry,
+        registry_name=registry_name,
+        key=key,
+        single_process=world_size() == 1,
+    )
 
 
 def _registered_match(registry: Any, name: str, version: str, fingerprint: str) -> Any:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.figure import Figure
+if TYPE_CHECKING:  # matplotlib costs half a second: imported by the nodes that draw
+    from matplotlib.figure import Figure
 
 # The namespace of the node now running ("" outside a namespaced node); see MetricNamespace.
 _namespace: contextvars.ContextVar[str] = contextvars.ContextVar("metric_namespace", default="")
@@ -84,6 +85,8 @@ def loss_curve_figure(history: Mapping[str, list[tuple[int, float]]], title: str
     A bare ``Figure`` (matplotlib's object API): it renders with Agg, is not registered with
     pyplot, and is freed with its last reference; the catalog's plot dataset saves it.
     """
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(7, 4))
     axis = figure.add_subplot()
     for key, label in (("train_loss", "train loss"), ("eval_loss", "eval loss")):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import VOCAB_SIZE, ListDataset
 from tiny_models import tiny_gpt2 as build_tiny_gpt2
 from transformers import GPT2LMHeadModel
 
@@ -47,20 +46,3 @@ def tiny_switchable() -> SwitchableLM:
 def tiny_switchable_tables() -> SwitchableLM:
     """``tiny_switchable`` with its embeddings and (tied) LM head quantized too."""
     return _switchable(quantize_lm_head=True, quantize_embeddings=True)
-
-
-@pytest.fixture
-def lm_dataset() -> ListDataset:
-    """Four seeded sequences of 16 tokens, all positions scored."""
-    generator = torch.Generator().manual_seed(0)
-    items = []
-    for _ in range(4):
-        input_ids = torch.randint(0, VOCAB_SIZE, (16,), generator=generator)
-        items.append(
-            {
-                "input_ids": input_ids,
-                "labels": input_ids.clone(),
-                "attention_mask": torch.ones(16, dtype=torch.long),
-            }
-        )
-    return ListDataset(items)

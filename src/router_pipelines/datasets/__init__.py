@@ -18,7 +18,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         "AtomicJSONDataset": "atomic",
-        "AtomicMatplotlibDataset": "atomic",
+        "AtomicMatplotlibDataset": "atomic_plot",
         "AtomicParquetDataset": "atomic",
         "ModelRegistry": "registry",
         "ModelRegistryDataset": "registry",

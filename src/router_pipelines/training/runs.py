@@ -37,6 +37,7 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
+from router_pipelines.config import format_setting, setting_differences
 from router_pipelines.training.checkpoint import (
     BEST_DIR_NAME,
     CHECKPOINT_RE,
@@ -51,8 +52,6 @@ from router_pipelines.training.runtime import precision_plan
 from router_pipelines.training.weights import CONFIG_NAME
 
 logger = logging.getLogger(__name__)
-
-_ABSENT = object()
 
 
 @dataclass(frozen=True)
@@ -215,13 +214,10 @@ def check_resume_settings(
         if key == "max_steps" and not config.schedule_depends_on_max_steps:
             continue
         if saved_training[key] != training[key]:
-            differences.append(f"{key} {_show(saved_training[key])} -> {_show(training[key])}")
-    saved_run = _flatten(saved.get("run_config", {}))
-    current_run = _flatten(current["run_config"])
-    for key in sorted(set(saved_run) | set(current_run)):
-        before, after = saved_run.get(key, _ABSENT), current_run.get(key, _ABSENT)
-        if before != after:
-            differences.append(f"{key} {_show(before)} -> {_show(after)}")
+            differences.append(
+                f"{key} {format_setting(saved_training[key])} -> {format_setting(training[key])}"
+            )
+    differences.extend(setting_differences(saved.get("run_config", {}), current["run_config"]))
     if differences:
         raise ValueError(
             f"resume_from_checkpoint: checkpoint {checkpoint} was written with a different "
@@ -244,22 +240,3 @@ def _saved_settings(checkpoint: Path) -> dict[str, Any]:
 def json_ready(value: Any) -> Any:
     """``value`` as JSON would bring it back (tuples become lists, paths strings)."""
     return json.loads(json.dumps(value, default=str))
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _show(value: Any) -> str:
-    if value is _ABSENT:
-        return "<absent>"
-    if isinstance(value, str) and value:
-        return value
-    return json.dumps(value)

@@ -15,8 +15,7 @@ from router_pipelines.model_source import (
     FINGERPRINT_TAG,
     IDENTITY_KEY,
     ModelIdentity,
-    ModelSourceConfig,
-    resolve_source,
+    decide_source,
     tokenizer_digest,
     tokenizer_problems,
 )
@@ -75,7 +74,6 @@ def train_base_model(
         The model with its tokenizer, a summary (numbers and where it came from), the loss-curve
         figure and the resolved configuration (the last three logged to MLflow by the catalog).
     """
-    from router_pipelines.hooks import world_size
 
     params = parse_pretrain_params(
         {
@@ -85,18 +83,16 @@ def train_base_model(
             "register": register_params,
         }
     )
-    source = config_from_dict(ModelSourceConfig, source_params, source_key)
     identity = base_model_identity(params, train_tokens, tokenizer)
-    decision = resolve_source(
-        source,
+    decision = decide_source(
+        source_params,
+        source_key,
         identity,
         saved_models,
         model_registry,
         registry_name=params.register.name,
-        key=source_key,
-        single_process=world_size() == 1,
     )
-    resolved = asdict(params) | {"source": asdict(source)}
+    resolved = asdict(params) | {"source": dict(source_params or {"source": "train"})}
     if decision.reused:
         _check_fits_tokenizer(decision.bundle.model, tokenizer, decision.where)
         summary = reused_summary(decision)

@@ -11,9 +11,8 @@ from router_pipelines.model_source import (
     FINGERPRINT_TAG,
     IDENTITY_KEY,
     ModelIdentity,
-    ModelSourceConfig,
+    decide_source,
     fingerprint_of,
-    resolve_source,
 )
 from router_pipelines.pipelines.common import (
     history_figure,
@@ -74,8 +73,6 @@ def train_switchable(
         The switchable model (with tokenizer), a training summary (steps per width, losses) and
         the loss-curve figure.
     """
-    from router_pipelines.config import config_from_dict
-    from router_pipelines.hooks import world_size
     from router_pipelines.pipelines.switchable.config import parse_switchable_params
 
     params = parse_switchable_params(
@@ -86,16 +83,14 @@ def train_switchable(
             "experiment": {"register": register_params},
         }
     )
-    source = config_from_dict(ModelSourceConfig, source_params, source_key)
     identity = switchable_identity(params, base_model, train_tokens)
-    decision = resolve_source(
-        source,
+    decision = decide_source(
+        source_params,
+        source_key,
         identity,
         saved_models,
         model_registry,
         registry_name=params.experiment.register.name,
-        key=source_key,
-        single_process=world_size() == 1,
     )
     if decision.reused:
         return decision.bundle, reused_summary(decision), history_figure(decision.metadata, FAMILY)
