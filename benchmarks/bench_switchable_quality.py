@@ -91,8 +91,8 @@ def saved_base(tokenizer: Any, preset: str) -> tuple[ModelBundle | None, str]:
     versions = sorted(SAVED_BASES.glob("*/pretrain/config.json"))
     if not versions:
         return None, f"no saved base model under {SAVED_BASES}"
-    folder = versions[-1].parent
-    bundle = load_bundle(folder)
+    bundle = load_bundle(versions[-1].parent)
+    folder = versions[-1].parent.relative_to(common.PROJECT_ROOT)  # no machine paths in results
     saved = bundle.metadata.get("model_config") or {}
     if bundle.tokenizer.get_vocab() != tokenizer.get_vocab():
         return None, f"{folder} has another tokenizer"
@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> None:
                 "quick",
             )
         }
-        | {"corpus": report["source"], "seq_len": validation.seq_len, "vocab": len(tokenizer)},
+        | {"corpus": str(Path(report["source"]).relative_to(common.PROJECT_ROOT)), "seq_len": validation.seq_len, "vocab": len(tokenizer)},
         results=rows,
         targets=targets,
         notes=notes,
