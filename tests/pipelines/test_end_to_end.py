@@ -78,6 +78,9 @@ def test_default_run_trains_saves_and_registers_the_base_model(default_run):
     version = client.get_model_version("base_lm", registration["version"])
     assert [str(v.version) for v in client.search_model_versions("name='base_lm'")] == ["1"]
     metadata = _json(saved / "router_pipelines.json")
+    summary = _json(root / REPORTS / "pretrain/training_summary.json")
+    assert 0 < summary["validation_bits_per_byte"] < 8  # bits per UTF-8 byte, next to perplexity
+    assert summary["validation_perplexity"] > 1
     assert version.tags["fingerprint"] == metadata["identity"]["fingerprint"]
     run = client.get_run(registration["run_id"])
     assert run.data.params["pretrain.model.preset"] == "debug"

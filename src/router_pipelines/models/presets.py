@@ -80,7 +80,8 @@ def transformers_config(config: ModelConfig, vocab_size: int, special_ids: dict[
             tie_word_embeddings=True,
         )
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        if special_ids.get(key) is not None:
+        # Set even when None: GPT-2's defaults (50256) are ids outside our vocabulary.
+        if key in special_ids:
             setattr(hf_config, key, special_ids[key])
     for key, value in config.overrides.items():
         if not hasattr(hf_config, key):

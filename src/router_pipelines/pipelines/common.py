@@ -38,6 +38,26 @@ def trained_summary(result: Any, identity: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
+def validation_report(
+    model: Any, validation_tokens: Any, tokenizer: Any, batch_size: int, max_batches: int | None
+) -> dict[str, float]:
+    """Loss, perplexity, bits per byte and token accuracy of ``model`` on the validation split:
+    the numbers every family reports, comparable across tokenizers through bits per byte."""
+    from router_pipelines.data.tokenizer import token_byte_lengths
+    from router_pipelines.data.torch_dataset import TokenBlockDataset
+    from router_pipelines.evaluation import evaluate_language_model
+
+    metrics = evaluate_language_model(
+        model,
+        TokenBlockDataset(validation_tokens),
+        batch_size=batch_size,
+        max_batches=max_batches,
+        token_bytes=token_byte_lengths(tokenizer),
+    )
+    keys = ("loss", "perplexity", "bits_per_byte", "token_accuracy")
+    return {f"validation_{key}": float(metrics[key]) for key in keys}
+
+
 def reused_summary(decision: Any) -> dict[str, Any]:
     """The summary of a reused model: its own training summary plus where it came from."""
     recorded = dict((decision.metadata or {}).get("training") or {})

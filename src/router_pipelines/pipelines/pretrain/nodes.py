@@ -25,6 +25,7 @@ from router_pipelines.pipelines.common import (
     reused_summary,
     thin_history,
     trained_summary,
+    validation_report,
 )
 from router_pipelines.pipelines.pretrain.config import PretrainParams, parse_pretrain_params
 
@@ -113,7 +114,7 @@ def _train(
     from router_pipelines.data.torch_dataset import TokenBlockDataset
     from router_pipelines.models.bundle import ModelBundle
     from router_pipelines.models.presets import build_causal_lm
-    from router_pipelines.tracking import metric_logger
+    from router_pipelines.tracking import log_metrics, metric_logger
     from router_pipelines.training import Trainer, causal_lm_loss
 
     model = build_causal_lm(params.model, tokenizer, seed=params.training.seed)
@@ -131,7 +132,16 @@ def _train(
         run_config={key: value for key, value in identity.inputs.items() if key != "training"},
     )
     result = trainer.train()
-    summary = trained_summary(result, identity)
+    training = params.training
+    validation = validation_report(
+        result.model,
+        validation_tokens,
+        tokenizer,
+        training.eval_batch_size or training.batch_size,
+        training.eval_max_batches,
+    )
+    log_metrics(validation, step=result.global_step)
+    summary = trained_summary(result, identity, **validation)
     logger.info("Base model trained: %s", summary)
     bundle = ModelBundle(
         model=result.model.cpu(),
