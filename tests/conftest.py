@@ -45,13 +45,9 @@ def mlflow_store(tmp_path, monkeypatch):
 @pytest.fixture
 def char_tokenizer():
     """A 28-token character tokenizer: ``<pad>``=0, ``<eos>``=1, ``a``..``z`` = 2..27."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tiny_models import char_tokenizer
 
-    vocab = {"<pad>": 0, "<eos>": 1, **{chr(97 + i): i + 2 for i in range(26)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+    return char_tokenizer()
 
 
 @pytest.fixture

@@ -57,3 +57,14 @@ class ListDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.items[index]
+
+
+def char_tokenizer():
+    """A 28-token character tokenizer: ``<pad>``=0, ``<eos>``=1, ``a``..``z`` = 2..27."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, **{chr(97 + i): i + 2 for i in range(26)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")

@@ -39,13 +39,9 @@ def registered(tmp_path_factory, char_tokenizer_module):
 
 @pytest.fixture(scope="module")
 def char_tokenizer_module():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tiny_models import char_tokenizer
 
-    vocab = {"<pad>": 0, "<eos>": 1, **{chr(97 + i): i + 2 for i in range(26)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+    return char_tokenizer()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_tiny import SyntheticLM, tiny_gpt2
+from training_tiny import Crash, SyntheticLM, crash_at, tiny_gpt2
 
 from router_pipelines.config import config_from_dict
 from router_pipelines.training import (
@@ -23,19 +23,6 @@ from router_pipelines.training import (
     result_affecting_fields,
 )
 from router_pipelines.training import checkpoint as ckpt
-
-
-class Crash(Exception):
-    """A simulated kill of the training process."""
-
-
-def _crash_at(step_to_crash: int):
-    def loss_fn(model, batch, step):
-        if step == step_to_crash:
-            raise Crash(f"killed at step {step}")
-        return causal_lm_loss(model, batch, step)
-
-    return loss_fn
 
 
 def _config(make_config, tmp_path, **overrides):
@@ -66,7 +53,7 @@ def test_a_fresh_run_never_touches_nor_resumes_an_earlier_run(make_config, tmp_p
     earlier = _run(_config(make_config, tmp_path, max_steps=8, save_steps=4))
     reference = _run(_config(make_config, tmp_path / "ref"))
     with pytest.raises(Crash):
-        _run(_config(make_config, tmp_path), loss_fn=_crash_at(3))  # saved 1..3, limit 2
+        _run(_config(make_config, tmp_path), loss_fn=crash_at(3))  # saved 1..3, limit 2
     earlier_dir = Path(earlier.run_dir)
     (crashed_dir,) = [p for p in _run_dirs(tmp_path / "out") if p != earlier_dir]
     assert [s for s, _ in ckpt.list_checkpoints(earlier_dir)] == [4, 8]  # untouched
@@ -141,7 +128,7 @@ def test_resume_refuses_other_settings_and_names_every_difference(make_config, t
 def test_result_neutral_settings_may_change_on_resume(make_config, tmp_path):
     reference = _run(_config(make_config, tmp_path / "ref", max_steps=6))
     with pytest.raises(Crash):
-        _run(_config(make_config, tmp_path, max_steps=6), loss_fn=_crash_at(3))
+        _run(_config(make_config, tmp_path, max_steps=6), loss_fn=crash_at(3))
     neutral = _config(
         make_config,
         tmp_path,

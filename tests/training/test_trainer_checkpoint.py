@@ -11,25 +11,12 @@ import pytest
 import safetensors.torch
 import torch
 from accelerate import Accelerator
-from training_tiny import SyntheticLM, tiny_gpt2
+from training_tiny import Crash, SyntheticLM, crash_at, tiny_gpt2
 
 from router_pipelines.training import NonFiniteLossError, Trainer, causal_lm_loss
 from router_pipelines.training import checkpoint as ckpt
 from router_pipelines.training.runs import find_latest_checkpoint
 from router_pipelines.training.state import TrainerState
-
-
-class Crash(Exception):
-    """A simulated kill of the training process."""
-
-
-def _crash_at(step_to_crash: int):
-    def loss_fn(model, batch, step):
-        if step == step_to_crash:
-            raise Crash(f"killed at step {step}")
-        return causal_lm_loss(model, batch, step)
-
-    return loss_fn
 
 
 def _resume_config(make_config, tmp_path, name, **overrides):
@@ -73,7 +60,7 @@ def test_resume_is_exact(make_config, tmp_path, interruption, scheduler):
     reference = _run(config("reference"))
     if interruption == "crash":
         with pytest.raises(Crash):
-            _run(config("resumed"), loss_fn=_crash_at(7))  # last checkpoint: 5, mid-epoch 1
+            _run(config("resumed"), loss_fn=crash_at(7))  # last checkpoint: 5, mid-epoch 1
         assert find_latest_checkpoint(tmp_path / "resumed").name == "checkpoint-5"
     else:
         first = _run(config("resumed", max_steps=6, save_at_end=True))

@@ -43,3 +43,19 @@ class SyntheticLM(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         ids = self.input_ids[index]
         return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+
+
+class Crash(Exception):
+    """A simulated kill of the training process."""
+
+
+def crash_at(step_to_crash: int):
+    """``causal_lm_loss`` that raises :class:`Crash` at optimizer step ``step_to_crash``."""
+    from router_pipelines.training import causal_lm_loss
+
+    def loss_fn(model, batch, step):
+        if step == step_to_crash:
+            raise Crash(f"killed at step {step}")
+        return causal_lm_loss(model, batch, step)
+
+    return loss_fn
