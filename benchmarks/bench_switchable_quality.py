@@ -304,7 +304,11 @@ def run(args: argparse.Namespace) -> None:
                 "quick",
             )
         }
-        | {"corpus": str(Path(report["source"]).relative_to(common.PROJECT_ROOT)), "seq_len": validation.seq_len, "vocab": len(tokenizer)},
+        | {
+            "corpus": str(Path(report["source"]).relative_to(common.PROJECT_ROOT)),
+            "seq_len": validation.seq_len,
+            "vocab": len(tokenizer),
+        },
         results=rows,
         targets=targets,
         notes=notes,

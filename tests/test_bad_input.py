@@ -45,6 +45,8 @@ def _bad_files(root: Path) -> dict[str, str]:
         "".join(json.dumps({"text": "  "}) + "\n" for _ in range(5))
     )
     (bad / "wrong_type.jsonl").write_text(json.dumps({"text": 5}) + "\n")
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"content": "no role"}]}
+    (bad / "chat.jsonl").write_text(json.dumps(chat) + "\n")
     (bad / "a_file").write_text("not a folder")
     (bad / "folder.jsonl").mkdir()
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=300))
@@ -139,6 +141,8 @@ CASES = [
      r"empty_texts.jsonl:1", (INGEST,)),
     ("text of the wrong type", "pretrain", {"data": {"raw_path": "{wrong_type.jsonl}"}},
      r"wrong_type.jsonl:1", (INGEST,)),
+    ("chat turn without a role", "pretrain",
+     {"data": {"raw_path": "{chat.jsonl}", "mode": "instruction"}}, r"chat.jsonl:1", (INGEST,)),
 ]  # fmt: skip
 
 

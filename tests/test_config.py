@@ -55,3 +55,22 @@ def test_non_number_rejected():
         check_positive("rate", "fast")
     with pytest.raises(ValueError, match="expected a number"):
         check_positive("rate", True)
+
+
+@dataclass
+class Pair:
+    rate: float = 0.1
+    label: str = "plain"
+
+
+@dataclass
+class WithOwnDefault:
+    pair: Pair = field(default_factory=lambda: Pair(rate=0.9, label="chosen"))
+
+
+def test_a_partial_group_keeps_the_defaults_its_parent_chose():
+    """e.g. pretrain.register: {enabled: false} keeps the name base_lm, not RegisterConfig's."""
+    assert config_from_dict(WithOwnDefault, {"pair": {"rate": 0.5}}, "w").pair == Pair(
+        rate=0.5, label="chosen"
+    )
+    assert config_from_dict(WithOwnDefault, {}, "w").pair == Pair(rate=0.9, label="chosen")

@@ -37,7 +37,8 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str)
         values: the parameter dict (``None`` means all defaults).
         where: the parameter path shown in errors, e.g. ``"switchable.training"``.
 
-    Nested dataclass fields are built recursively from nested dicts; every other field is
+    Nested dataclass fields are built recursively from nested dicts, each over the field's own
+    default (so a partial group keeps the defaults its parent chose); every other field is
     checked against its annotation first (an int where an int is declared, ...), so a
     ``__post_init__`` only sees values of the declared type.
 
@@ -61,8 +62,10 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str)
         key = f"{where}.{name}"
         nested = _dataclass_in(hints.get(name))
         if nested is not None and isinstance(value, Mapping):
-            value = config_from_dict(nested, value, key)
-        elif not isinstance(value, _DataclassInstance):
+            # A partial group overrides the field's own default (e.g. a RegisterConfig whose
+            # default name is base_lm), not the nested class's defaults.
+            value = config_from_dict(nested, {**_default_values(fields[name]), **value}, key)
+        elif not (dataclasses.is_dataclass(value) and not isinstance(value, type)):
             value = check_type(key, value, hints.get(name, Any))
         kwargs[name] = value
     try:
@@ -72,6 +75,20 @@ def config_from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str)
     except ValueError as err:
         message = str(err)
         raise ConfigError(message if message.startswith(where) else f"{where}.{message}") from err
+
+
+def _default_values(field: dataclasses.Field) -> dict[str, Any]:
+    """The field's default dataclass instance as a dict of its own fields (top level only,
+    so nested groups are merged again one level down); ``{}`` when it has none."""
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    elif field.default is not dataclasses.MISSING:
+        default = field.default
+    else:
+        return {}
+    if not dataclasses.is_dataclass(default):
+        return {}
+    return {f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}
 
 
 def unknown_keys_message(where: str, unknown: Iterable[str], known: Iterable[str]) -> str:
@@ -85,15 +102,6 @@ def unknown_keys_message(where: str, unknown: Iterable[str], known: Iterable[str
     noun = "key" if len(parts) == 1 else "keys"
     prefix = f"{where}: " if where else ""
     return f"{prefix}unknown {noun} {', '.join(parts)}; allowed keys are {known}"
-
-
-class _DataclassInstanceMeta(type):
-    def __instancecheck__(cls, instance: Any) -> bool:
-        return dataclasses.is_dataclass(instance) and not isinstance(instance, type)
-
-
-class _DataclassInstance(metaclass=_DataclassInstanceMeta):
-    """``isinstance(x, _DataclassInstance)``: x is a dataclass instance (already built)."""
 
 
 def _dataclass_in(hint: Any) -> type | None:

@@ -144,24 +144,24 @@ def resolve_source(
     name = config.registry_name or registry_name
     fingerprint = identity.fingerprint
     if config.source in ("auto", "catalog"):
-        stored = saved.newest(lambda metadata: fingerprint_of(metadata) == fingerprint)
+        versions = saved.versions()  # newest first; metadata only, no weights
+        stored = next((v for v in versions if fingerprint_of(v.metadata) == fingerprint), None)
         if stored is not None:
             logger.info("%s: reusing the saved model %s (same identity)", key, stored.path)
             return SourceDecision("catalog", stored.load(), str(stored.path), stored.metadata)
-        newest = next(iter(saved.versions()), None)
-        if config.source == "catalog":
-            if newest is None:
-                raise ValueError(
-                    f"{key}.source=catalog: no saved model in {saved.path}; train one first "
-                    "(source: train) or use source: auto"
-                )
-            reasons = "; ".join(identity.differences(identity_of(newest.metadata))[:8])
+        if config.source == "catalog" and not versions:
             raise ValueError(
-                f"{key}.source=catalog: no saved model in {saved.path} was trained with the "
-                f"current data and settings; the newest ({newest.path}) differs in: {reasons}"
+                f"{key}.source=catalog: no saved model in {saved.path}; train one first "
+                "(source: train) or use source: auto"
             )
-        if newest is not None:
-            reasons = "; ".join(identity.differences(identity_of(newest.metadata))[:8])
+        if versions:
+            reasons = "; ".join(identity.differences(identity_of(versions[0].metadata))[:8])
+            if config.source == "catalog":
+                raise ValueError(
+                    f"{key}.source=catalog: no saved model in {saved.path} was trained with the "
+                    f"current data and settings; the newest ({versions[0].path}) differs in: "
+                    f"{reasons}"
+                )
             logger.info("%s: the newest saved model is not reused: %s", key, reasons)
         if single_process:
             version = _registered_match(registry, name, config.registry_version, fingerprint)

@@ -74,11 +74,8 @@ class RunParameters:
     catalog: Any
     used_params: frozenset[str] = field(default_factory=frozenset)  # e.g. "switchable.base"
 
-    def uses(self, dataset: str) -> bool:
-        """Whether a node of the pipeline reads ``dataset``."""
-        return any(dataset in node.inputs for node in self.pipeline.nodes)
-
     def consumers(self, dataset: str) -> list[str]:
+        """The names of the nodes that read ``dataset``."""
         return sorted(node.name for node in self.pipeline.nodes if dataset in node.inputs)
 
     def registry(self) -> Any:

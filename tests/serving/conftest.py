@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from tiny_models import tiny_gpt2
+from transformers import GPT2LMHeadModel
 
 from router_pipelines.models.bundle import ModelBundle
 
 
 def tiny_char_gpt2(**overrides) -> GPT2LMHeadModel:
     """1 layer, 16 wide, over the 28-token character vocabulary of ``char_tokenizer``."""
-    config = GPT2Config(
+    return tiny_gpt2(
         n_layer=1,
         n_embd=16,
-        n_head=2,
         vocab_size=28,
-        n_positions=32,
         bos_token_id=1,
         eos_token_id=1,
         pad_token_id=0,
         **overrides,
     )
-    return GPT2LMHeadModel(config).eval()
 
 
 @pytest.fixture

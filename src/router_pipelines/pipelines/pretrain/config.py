@@ -45,8 +45,4 @@ def parse_pretrain_params(group: dict[str, Any] | None) -> PretrainParams:
 
     A missing sub-group takes its defaults, so a node can pass only the sub-groups it reads.
     """
-    group = dict(group or {})
-    group.setdefault("register", {"name": "base_lm"})
-    if isinstance(group["register"], dict):
-        group["register"] = {"name": "base_lm", **group["register"]}
     return config_from_dict(PretrainParams, group, "pretrain")

@@ -10,7 +10,6 @@ import logging
 from dataclasses import asdict
 from typing import Any
 
-from router_pipelines.config import RegisterConfig, config_from_dict
 from router_pipelines.model_source import (
     FINGERPRINT_TAG,
     IDENTITY_KEY,
@@ -220,9 +219,7 @@ def register_base_model(
     A reused model is not registered again; under ``accelerate launch`` only the main process
     registers (it holds the MLflow run).
     """
-    config = config_from_dict(
-        RegisterConfig, {"name": "base_lm", **(register_params or {})}, "pretrain.register"
-    )
+    config = parse_pretrain_params({"register": register_params}).register
     skipped = registration_skipped(config, training_summary)
     if skipped is not None:
         return skipped

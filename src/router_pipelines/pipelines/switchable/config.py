@@ -157,12 +157,6 @@ def parse_switchable_params(params: dict[str, Any] | None) -> SwitchableParams:
     unknown = sorted(set(params) - set(GROUPS))
     if unknown:
         raise ValueError(unknown_keys_message("switchable", unknown, GROUPS))
-    experiment = dict(params.get("experiment") or {})
-    if isinstance(experiment.get("register"), dict):
-        experiment["register"] = {"name": "switchable_lm", **experiment["register"]}
-    params["experiment"] = experiment
-    if isinstance(params.get("base"), dict):
-        params["base"] = {"source": "auto", "registry_name": "base_lm", **params["base"]}
     parsed = config_from_dict(SwitchableParams, params, "switchable")
     # Building the library configs validates widths, strategy, schedule and eval choice now.
     _named("switchable.model", lambda: parsed.switchable)

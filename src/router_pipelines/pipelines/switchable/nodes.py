@@ -217,14 +217,11 @@ def register_switchable(
     import tempfile
     from pathlib import Path
 
-    from router_pipelines.config import RegisterConfig, config_from_dict
+    from router_pipelines.pipelines.switchable.config import parse_switchable_params
     from router_pipelines.serving import register_model
 
-    config = config_from_dict(
-        RegisterConfig,
-        {"name": "switchable_lm", **(register_params or {})},
-        "switchable.experiment.register",
-    )
+    params = parse_switchable_params({"experiment": {"register": register_params}})
+    config = params.experiment.register
     skipped = registration_skipped(config, training_summary)
     if skipped is not None:
         return skipped
