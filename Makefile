@@ -16,7 +16,8 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export MLFLOW_SKIP_PIP_REQUIREMENTS_CHECK := true
 
-.PHONY: install run run-debug test lint format viz mlflow-ui benchmarks clean clean-all
+.PHONY: install run run-debug test lint format viz viz-build mlflow-ui notebook browser benchmarks \
+	clean clean-all
 
 install: $(STAMP)
 
@@ -33,8 +34,21 @@ run: install  ## the default pipeline on the embedded corpus
 run-debug: install  ## every size tiny (a few minutes on 2 cores)
 	$(BIN)/kedro run --env=debug
 
-test: install  ## the whole test suite, offline
-	$(BIN)/python -m pytest
+test: install browser  ## the whole test suite, offline (browser checks included)
+	$(BIN)/python -m pytest -n 2
+
+# Headless Chromium for the browser checks (tests/operations/test_browser.py): Debian's package,
+# installed with apt-get when missing and run as root (CI); elsewhere install it yourself, and
+# the browser tests are skipped until you do (CI=1 makes them fail instead).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing chromium (apt-get) for the browser checks"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else \
+			echo "warning: chromium not found and not root: the browser tests will be skipped" \
+				"(sudo apt-get install -y chromium)"; \
+		fi; }
 
 lint: install
 	$(BIN)/ruff check .
@@ -47,8 +61,14 @@ format: install
 viz: install  ## Kedro-Viz on http://127.0.0.1:4141
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141 --no-browser
 
+viz-build: install  ## the static Kedro-Viz site in build/ (open build/index.html via a web server)
+	$(BIN)/kedro viz build
+
 mlflow-ui: install  ## MLflow UI on http://127.0.0.1:5000 over the project's store
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+notebook: install  ## Jupyter on the project's kernel (notebooks/compare_runs.ipynb)
+	$(BIN)/kedro jupyter notebook --no-browser --ip 127.0.0.1
 
 benchmarks: install  ## writes figures to docs/benchmarks.md (see benchmarks/README.md)
 	$(BIN)/python benchmarks/run_all.py

@@ -207,11 +207,28 @@ def render_docs(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+def machine_paths_removed(text: str) -> str:
+    """``text`` without this checkout's absolute paths: the project root becomes relative
+    (``/home/x/router_pipelines/data/..`` -> ``data/..``), a temp folder is ``$TMPDIR/`` and the
+    interpreter is ``python``, so
+    the generated docs read the same on every machine (a result may record its command line)."""
+    interpreters = {sys.executable, str(Path(sys.executable).resolve())}
+    for interpreter in sorted(interpreters, key=len, reverse=True):
+        text = text.replace(interpreter, "python")
+    for root in sorted({str(PROJECT_ROOT), str(PROJECT_ROOT.resolve())}, key=len, reverse=True):
+        text = text.replace(root + "/", "").replace(root, ".")
+    import tempfile
+
+    for temp in sorted({tempfile.gettempdir(), "/tmp"}, key=len, reverse=True):
+        text = text.replace(temp + "/", "$TMPDIR/")  # a scratch folder a benchmark was given
+    return text
+
+
 def write_docs(results_dir: Path, docs_path: Path) -> Path:
     """Render every result in ``results_dir`` into ``docs_path``; returns the path."""
     docs_path = Path(docs_path)
     docs_path.parent.mkdir(parents=True, exist_ok=True)
-    docs_path.write_text(render_docs(load_results(results_dir)))
+    docs_path.write_text(machine_paths_removed(render_docs(load_results(results_dir))))
     print(f"wrote {docs_path}")
     return docs_path
 

@@ -254,11 +254,11 @@ def test_two_processes_train_once_and_only_the_main_process_writes(project, tmp_
     assert (checkpoint / "random_states_1.pkl").is_file()
 
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name("router_pipelines")
+    experiment = client.get_experiment_by_name("router_pipelines_debug")  # conf/debug/mlflow.yml
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     run_id = runs[0].info.run_id
-    model_versions = client.search_model_versions("name='base_lm'")
+    model_versions = client.search_model_versions("name='base_lm_debug'")
     assert [(str(v.version), v.run_id) for v in model_versions] == [("1", run_id)]
     # one point per logging_steps, logged by the main process only
     train_loss = client.get_metric_history(run_id, "pretrain/train_loss")

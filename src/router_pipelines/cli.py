@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import copy
 import functools
+import sys
 from typing import Any
 
 import click
 from kedro.framework.cli.project import run as kedro_run
 from omegaconf import OmegaConf
+
+from router_pipelines.telemetry import disable_telemetry, disable_viz_version_check
+
+# Kedro's CLI imports this module while it builds its commands, before any of them runs (and
+# before it reads settings.py): the earliest point at which the project can switch telemetry
+# off for every `kedro ...` command, and replace Kedro-Viz's version lookup, which
+# `kedro viz run` makes before it loads the project.
+disable_telemetry()
+if "kedro_viz" in sys.modules:  # Kedro loaded it as a CLI plugin
+    disable_viz_version_check()
 
 
 def split_top_level(value: str) -> list[str]:

@@ -223,3 +223,127 @@ def replace_persisted_outputs(pipeline: Any, catalog: Any) -> list[str]:
     finally:
         catalog_logger.setLevel(level)
     return replaced
+
+
+# What the MLflow UI shows first for an experiment: "custom_model_development" opens it on its
+# training runs (the default for an experiment without the tag may be the GenAI traces page).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+EXPERIMENT_DESCRIPTIONS = {
+    "debug": "Debug-sized runs of router_pipelines (`kedro run --env=debug`): tiny models on a "
+    "slice of the corpus, registered under *_debug names. For checking the pipelines, not for "
+    "comparing models.",
+    None: "Training runs of router_pipelines: each run trains and evaluates the model families "
+    "of one `kedro run` (tags: pipeline, family, env, git commit, data fingerprint). Compare "
+    "runs side by side here or in notebooks/compare_runs.ipynb; docs/operations.md.",
+}
+
+
+class RunTags:
+    """Makes kedro-mlflow's run comparable: a readable name and the tags a comparison needs.
+
+    kedro-mlflow names the run after the pipeline (``__default__``), writes a ``kedro_command``
+    without ``--env`` or ``--params`` and a ``runner`` tag that is an object's repr. Once its
+    run is open, this sets:
+
+    * the run name: ``<pipelines> [<env>] <namespace>:<main setting> ...``;
+    * tags ``pipeline``, ``family`` (the namespaces that ran), ``env``, ``git_commit``,
+      ``data_fingerprint`` (of the raw data, :func:`~router_pipelines.tracking.raw_data_fingerprint`),
+      ``config_fingerprint`` (of all parameters, for :mod:`router_pipelines.freshness`),
+      ``kedro_command`` (as typed, ``--env`` and ``--params`` included), ``runner`` (its class);
+    * ``base_model`` once the base model is known (registered in this run, or reused);
+    * on the experiment: its kind (training runs first) and a description (per environment).
+    """
+
+    def __init__(self) -> None:
+        self._env: str | None = None
+        self._project_path: Any = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        self._env = context.env
+        self._project_path = context.project_path
+
+    @hook_impl(trylast=True)  # after kedro-mlflow opened its run
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        import sys
+
+        if not is_main_process() or "mlflow" not in sys.modules:
+            return
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is None:
+            return
+        from router_pipelines.freshness import config_fingerprint
+        from router_pipelines.terminal import main_parameters, user_namespaces
+        from router_pipelines.tracking import git_commit, kedro_command, raw_data_fingerprint
+
+        try:
+            parameters = catalog.load("parameters")
+        except Exception:
+            parameters = {}
+        env = run_params.get("env") or self._env or "local"
+        names = run_params.get("pipeline_names") or [
+            run_params.get("pipeline_name") or "__default__"
+        ]
+        namespaces = user_namespaces(pipeline)
+        settings = []
+        for namespace in namespaces:
+            shown = main_parameters(parameters, namespace)
+            main = shown.get("model.preset") or shown.get("model.bit_widths")
+            if main is not None:
+                settings.append(f"{namespace}:{main}")
+        runner = run_params.get("runner")
+        tags = {
+            "mlflow.runName": " ".join([f"{'+'.join(names)} [{env}]", *settings])[:250],
+            "pipeline": "+".join(names),
+            "family": ",".join(namespaces),
+            "env": env,
+            "git_commit": git_commit(self._project_path),
+            "data_fingerprint": raw_data_fingerprint(parameters.get("data"), self._project_path),
+            "config_fingerprint": config_fingerprint(parameters),
+            "kedro_command": kedro_command(run_params, env),
+            "runner": _runner_name(runner),
+        }
+        mlflow.set_tags({key: value for key, value in tags.items() if value})
+        _describe_experiment(run.info.experiment_id, env)
+
+    @hook_impl
+    def after_node_run(self, node: Any, outputs: dict[str, Any]) -> None:
+        import sys
+
+        if "mlflow" not in sys.modules or not is_main_process():
+            return
+        import mlflow
+
+        if mlflow.active_run() is None:
+            return
+        registration = outputs.get("pretrain.registration")
+        summary = outputs.get("pretrain.training_summary")
+        if isinstance(registration, dict) and registration.get("registered"):
+            mlflow.set_tag("base_model", f"{registration['name']}/{registration['version']}")
+        elif isinstance(summary, dict) and summary.get("reused_from"):
+            mlflow.set_tag("base_model", f"reused: {summary['reused_from']}"[:250])
+
+
+def _runner_name(runner: Any) -> str:
+    """``SequentialRunner`` for the runner, its class path or the repr Kedro passes."""
+    import re
+
+    if runner is None:
+        return ""
+    text = runner if isinstance(runner, str) else type(runner).__name__
+    found = re.search(r"(\w+)(?: object at 0x[0-9a-f]+>?)?\s*$", text.rstrip(">"))
+    return found.group(1) if found else text
+
+
+def _describe_experiment(experiment_id: str, env: str) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment(experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    if not experiment.tags.get("mlflow.note.content"):
+        description = EXPERIMENT_DESCRIPTIONS.get(env, EXPERIMENT_DESCRIPTIONS[None])
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", description)

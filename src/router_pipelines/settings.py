@@ -1,9 +1,17 @@
 """Kedro project settings."""
 
-# First, before anything can import mlflow or huggingface_hub: no telemetry (telemetry.py).
-from router_pipelines.telemetry import disable_telemetry
+# First, before anything can import mlflow or huggingface_hub: no telemetry (telemetry.py),
+# and the library warnings that are noise for this project filtered (terminal.py, each with
+# its reason). Kedro-Viz's version lookup is replaced before any `kedro viz` command runs.
+import sys
+
+from router_pipelines.telemetry import disable_telemetry, disable_viz_version_check
+from router_pipelines.terminal import RunReport, quiet_library_noise
 
 disable_telemetry()
+quiet_library_noise()
+if "kedro_viz" in sys.modules:  # loaded by Kedro's CLI as a plugin; not imported otherwise
+    disable_viz_version_check()
 
 # ruff: noqa: E402 - the imports below come after the switch on purpose
 from omegaconf.resolvers import oc
@@ -13,6 +21,7 @@ from router_pipelines.hooks import (
     CloseMlflowRuns,
     MainProcessOnlyOutputs,
     MetricNamespace,
+    RunTags,
     is_main_process,
 )
 from router_pipelines.validation import ValidateParameters
@@ -22,7 +31,16 @@ from router_pipelines.validation import ValidateParameters
 # launch` only the main process writes (see hooks.py): the other processes keep every pipeline
 # output in memory and run without the plugins that write (kedro-mlflow's run, kedro-viz's run
 # statistics). CloseMlflowRuns: no MLflow run left active in the process after a run.
-HOOKS = (ValidateParameters(), MetricNamespace(), MainProcessOnlyOutputs(), CloseMlflowRuns())
+# RunTags: the MLflow run's name and comparison tags. RunReport: the start banner, log lines
+# through the progress bar, the end summary (terminal.py).
+HOOKS = (
+    ValidateParameters(),
+    MetricNamespace(),
+    MainProcessOnlyOutputs(),
+    CloseMlflowRuns(),
+    RunTags(),
+    RunReport(),
+)
 
 # kedro-telemetry would try to reach the network; the project never sends telemetry
 # (consent is also refused in the `.telemetry` file at the project root).

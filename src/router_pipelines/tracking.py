@@ -116,3 +116,89 @@ def log_figure(figure: Any, name: str, metrics: Mapping[str, float] | None = Non
         return
     mlflow.log_figure(figure, f"{metric_prefix()}{name}")
     log_metrics(metrics or {})
+
+
+def log_table(table: Any, name: str) -> None:
+    """Log a DataFrame as an MLflow table (``<namespace>/<name>``, a ``.json`` file that the UI
+    shows as a table and the notebook reads back); nothing without a run."""
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    mlflow.log_table(data=table, artifact_file=f"{metric_prefix()}{name}")
+
+
+def raw_data_fingerprint(data_params: Mapping[str, Any] | None, root: Any = None) -> str:
+    """``sha256:<16 hex>`` of the raw corpus file (``data.raw_path``), or ``hub:<id>/<subset>/
+    <split>`` for a hub data set; ``""`` when neither is known. What a freshness check and a
+    run comparison need: the same data gives the same string."""
+    import hashlib
+    from pathlib import Path
+
+    data = dict(data_params or {})
+    if data.get("hub_dataset"):
+        parts = [data.get("hub_dataset"), data.get("hub_subset"), data.get("hub_split")]
+        return "hub:" + "/".join(str(p) for p in parts if p)
+    raw = data.get("raw_path")
+    if not raw:
+        return ""
+    path = Path(raw) if Path(raw).is_absolute() or root is None else Path(root) / raw
+    if not path.is_file():
+        return ""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()[:16]}"
+
+
+def git_commit(root: Any = None) -> str:
+    """The checkout's commit (``+dirty`` with uncommitted changes), or ``""`` outside git."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return ""
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def kedro_command(run_params: Mapping[str, Any], env: str | None) -> str:
+    """The ``kedro run`` command line that reproduces the run (``--env``, ``--params`` too)."""
+    from router_pipelines.config import flatten_settings
+
+    parts = ["kedro run"]
+    if env and env != "local":
+        parts.append(f"--env={env}")
+    names = run_params.get("pipeline_names") or (
+        [run_params["pipeline_name"]] if run_params.get("pipeline_name") else []
+    )
+    if names:
+        parts.append(f"--pipelines={','.join(names)}")
+    for option, key in (
+        ("--tags", "tags"),
+        ("--nodes", "node_names"),
+        ("--from-nodes", "from_nodes"),
+        ("--to-nodes", "to_nodes"),
+        ("--from-inputs", "from_inputs"),
+        ("--to-outputs", "to_outputs"),
+    ):
+        values = run_params.get(key)
+        if values:
+            parts.append(f"{option}={','.join(values)}")
+    runtime = run_params.get("runtime_params") or {}
+    if runtime:
+        flat = flatten_settings(runtime)
+        parts.append("--params=" + ",".join(f"{k}={v}" for k, v in flat.items()))
+    return " ".join(parts)

@@ -54,8 +54,15 @@ def transformers_config(config: ModelConfig, vocab_size: int, special_ids: dict[
     from transformers import GPT2Config, LlamaConfig, Qwen2Config
 
     shape = PRESETS[config.preset]
+    # Given to the constructor, not set afterwards: transformers validates the config when it
+    # is built, and GPT-2's default ids (50256) outside our vocabulary would be logged as a flaw.
+    # A missing id is None (a config made only to count parameters has no tokenizer).
+    special = {
+        key: special_ids.get(key) for key in ("bos_token_id", "eos_token_id", "pad_token_id")
+    }
     if config.architecture == "gpt2":
         hf_config = GPT2Config(
+            **special,
             vocab_size=vocab_size,
             n_positions=config.max_positions,
             n_embd=shape["hidden"],
@@ -69,6 +76,7 @@ def transformers_config(config: ModelConfig, vocab_size: int, special_ids: dict[
     else:
         config_cls = LlamaConfig if config.architecture == "llama" else Qwen2Config
         hf_config = config_cls(
+            **special,
             vocab_size=vocab_size,
             hidden_size=shape["hidden"],
             intermediate_size=shape["intermediate"],
@@ -79,10 +87,6 @@ def transformers_config(config: ModelConfig, vocab_size: int, special_ids: dict[
             attention_dropout=config.dropout,
             tie_word_embeddings=True,
         )
-    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        # Set even when None: GPT-2's defaults (50256) are ids outside our vocabulary.
-        if key in special_ids:
-            setattr(hf_config, key, special_ids[key])
     for key, value in config.overrides.items():
         if not hasattr(hf_config, key):
             raise ValueError(

@@ -32,6 +32,9 @@ def register_model(
     tags: Mapping[str, Any] | None = None,
     description: str | None = None,
     extra_artifacts: Mapping[str, str] | None = None,
+    metrics: Mapping[str, float] | None = None,
+    step: int | None = None,
+    input_example: Any = None,
 ) -> dict[str, Any]:
     """Log ``bundle`` as a pyfunc model (from code) in the active run; register a new version.
 
@@ -43,9 +46,20 @@ def register_model(
         tags: set on the new version (values turned into strings); ``family`` is always set.
         description: set on the new version.
         extra_artifacts: more files or folders shipped inside the model (key -> local path).
+        metrics: the model's headline metrics: logged to the run linked to this logged model
+            (``model_id``, so the UI shows them on the model's page, not on another model
+            logged in the same run) and set as version tags.
+        step: the step the model is logged at (e.g. its training's last optimizer step).
+            MLflow links every metric logged later in the run *at that step* to the model;
+            the default 0 would catch every other node's step-0 metrics.
+        input_example: an example input (e.g. ``["def add(a, b):"]``), saved with the model;
+            MLflow loads the logged model and runs it once on the example to check it.
+
+    Without ``description`` the version gets one made of its family, the run and ``metrics``;
+    the registered model gets one the first time (what it is, where to read more).
 
     Returns:
-        ``{"name", "version", "model_uri", "run_id"}`` of the registered version.
+        ``{"name", "version", "model_uri", "run_id", "model_id"}`` of the registered version.
 
     Raises:
         RuntimeError: no MLflow run is active (kedro-mlflow opens one per ``kedro run``).
@@ -68,6 +82,7 @@ def register_model(
             f"register_model({name!r}) needs an active MLflow run; run it inside `kedro run` "
             "(kedro-mlflow opens one) or `with mlflow.start_run():`"
         )
+    model_step = 0 if step is None else int(step)
     with tempfile.TemporaryDirectory(prefix="register-") as tmp, _no_pip_check(), _quiet():
         model_dir = Path(tmp) / BUNDLE_ARTIFACT
         save_bundle(bundle, model_dir)
@@ -79,22 +94,48 @@ def register_model(
             python_model=str(chosen.code_path),  # a path: models from code, nothing pickled
             artifacts={BUNDLE_ARTIFACT: str(model_dir), **extras},
             signature=chosen.signature(),
+            input_example=input_example,
             pip_requirements=pinned_requirements(SERVING_REQUIREMENTS),
             registered_model_name=name,
+            step=model_step,
         )
+    headline = {str(k): float(v) for k, v in (metrics or {}).items()}
+    if headline:  # under the node's namespace, like every other metric of the run
+        from router_pipelines.tracking import metric_prefix
+
+        linked = {f"{metric_prefix()}{key}": value for key, value in headline.items()}
+        mlflow.log_metrics(linked, step=model_step, model_id=info.model_id)
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    for key, value in {"family": bundle.family, **dict(tags or {})}.items():
+    version_tags = {"family": bundle.family, **dict(tags or {}), **headline}
+    for key, value in version_tags.items():
         client.set_model_version_tag(name, version, key, str(value))
-    if description:
-        client.update_model_version(name, version, description=description)
+    client.update_model_version(
+        name, version, description=description or default_description(bundle, run, headline)
+    )
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(
+            name,
+            description=f"router_pipelines {bundle.family} models, one version per trained "
+            "model. Aliases: champion (serve this), challenger (the newest candidate); "
+            "see docs/operations.md.",
+        )
     logger.info("Registered %s version %s from run %s", name, version, run.info.run_id)
     return {
         "name": name,
         "version": version,
         "model_uri": f"models:/{name}/{version}",
         "run_id": run.info.run_id,
+        "model_id": info.model_id,
     }
+
+
+def default_description(bundle: ModelBundle, run: Any, metrics: Mapping[str, float]) -> str:
+    """``causal_lm model trained in run 'pretrain · debug' (3f2a…); validation_perplexity=12.3``."""
+    text = f"{bundle.family} model trained in run {run.info.run_name!r} ({run.info.run_id})"
+    if metrics:
+        text += "; " + ", ".join(f"{key}={value:.4g}" for key, value in metrics.items())
+    return text
 
 
 def pinned_requirements(packages: tuple[str, ...] | list[str]) -> list[str]:

@@ -136,8 +136,9 @@ def make_switchable_loss(
 
     Metrics (detached 0-d tensors; ``bits`` a float): ``loss``, ``ce``, ``kd``, ``bits``
     (32 for FP), ``tokens``; joint reports the
-    means over widths for ``ce``/``kd``/``bits``, plus ``kd_inter`` and ``ce_<b>bit``
-    (``ce_fp``) per width.
+    means over widths for ``ce``/``kd``/``bits``, plus ``kd_inter``, ``ce_<b>bit``
+    (``ce_fp``) per width and ``loss_per_width`` (the summed loss divided by the number of
+    widths: the engine logs the sum as ``train_loss``, this as ``train_loss_per_width``).
     """
     if teacher is not None:
         teacher.eval()
@@ -185,6 +186,9 @@ def make_switchable_loss(
             "kd_inter": sum((p["kd_inter"] for p in per_width[1:]), per_width[0]["kd_inter"])
             / max(len(widths) - 1, 1),
             "bits": sum(bits_metric(b) for b in widths) / len(widths),
+            # The joint loss is the SUM over widths (its gradient = summed gradients), so the
+            # engine's train_loss is ~len(widths) times an eval loss; this mean is comparable.
+            "loss_per_width": total.detach() / len(widths),
         }
         for bits, parts in zip(widths, per_width, strict=True):
             metrics[f"ce_{'fp' if bits is None else f'{bits}bit'}"] = parts["ce"]

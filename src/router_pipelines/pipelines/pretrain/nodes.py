@@ -31,6 +31,8 @@ from router_pipelines.pipelines.pretrain.config import PretrainParams, parse_pre
 logger = logging.getLogger(__name__)
 
 FAMILY = "causal_lm"
+# Saved with every registered version (MLflow runs the model on it once when logging it).
+INPUT_EXAMPLE = ["def add(a, b):"]
 
 
 def base_model_identity(params: PretrainParams, train_tokens: Any, tokenizer: Any) -> ModelIdentity:
@@ -225,9 +227,33 @@ def register_base_model(
         return skipped
     from router_pipelines.serving import register_model
 
-    tags = {k: v for k, v in training_summary.items() if v is not None and k != "fingerprint"}
+    headline = headline_metrics(training_summary)
+    tags = {
+        k: v
+        for k, v in training_summary.items()
+        if v is not None and k != "fingerprint" and k not in headline
+    }
     tags[FINGERPRINT_TAG] = training_summary["fingerprint"]
     info = register_model(
-        model, config.name, wrapper=FAMILY, tags=tags, description=config.description
+        model,
+        config.name,
+        wrapper=FAMILY,
+        tags=tags,
+        description=config.description,
+        metrics=headline,
+        step=training_summary.get("global_step"),
+        input_example=INPUT_EXAMPLE,
     )
-    return {"registered": True, **info}
+    return {"registered": True, **info, "metrics": headline}
+
+
+def headline_metrics(training_summary: dict[str, Any]) -> dict[str, float]:
+    """The base model's numbers a comparison needs: validation perplexity (the promotion
+    metric), bits per byte, token accuracy, and its parameter count (the cost)."""
+    keys = (
+        "validation_perplexity",
+        "validation_bits_per_byte",
+        "validation_token_accuracy",
+        "parameters",
+    )
+    return {key: float(training_summary[key]) for key in keys if key in training_summary}

@@ -7,6 +7,7 @@ from functools import partial
 from kedro.pipeline import Node, Pipeline
 
 from router_pipelines.pipelines.pretrain.nodes import register_base_model, train_base_model
+from router_pipelines.promotion import DATA_REPORT, promotion_node
 
 PARAMETERS = ["params:model", "params:training", "params:lr_finder", "params:register"]
 
@@ -42,8 +43,8 @@ def create_pipeline(source: str | None = None, **kwargs) -> Pipeline:
         name="register_base_model",
     )
     return Pipeline(
-        [provide, register],
+        [provide, register, promotion_node("pretrain")],
         namespace="pretrain",
-        inputs={"train_tokens", "validation_tokens", "tokenizer", "model_registry"},
-        parameters=set() if source is None else {f"params:{source}"},
+        inputs={"train_tokens", "validation_tokens", "tokenizer", "model_registry", DATA_REPORT},
+        parameters={"params:promotion"} | (set() if source is None else {f"params:{source}"}),
     )

@@ -43,21 +43,35 @@ def evaluate_bit_configurations(
 
 
 def _log_metrics(table: Any) -> None:
-    from router_pipelines.tracking import log_metrics
+    """The whole table as one MLflow table (``switchable/evaluation_table.json``, shown as a
+    table in the run's artifacts and comparable across runs) and only the headline numbers as
+    metrics: one metric per configuration and column would bury the training curves."""
+    from router_pipelines.tracking import log_metrics, log_table
 
+    log_table(table.drop(columns=["layer_config"], errors="ignore"), "evaluation_table.json")
+    log_metrics(headline_metrics(table))
+
+
+def headline_metrics(table: Any) -> dict[str, float]:
+    """``<width>_perplexity`` of every uniform configuration (``uniform_2bit_perplexity``,
+    ``fp_perplexity``) and ``lowest_width_{perplexity,bits_per_byte,effective_bits}`` of the
+    lowest uniform width: the family's promotion metric and its cost."""
+    uniform = table[table["kind"] == "uniform"]
     metrics = {}
-    for _, row in table.iterrows():
-        for key in (
-            "perplexity",
-            "bits_per_byte",
-            "token_accuracy",
-            "effective_bits",
-            "tokens_per_s",
-        ):
-            value = row.get(key)
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                metrics[f"eval/{row['name']}/{key}"] = float(value)
-    log_metrics(metrics)
+    quantized = uniform[uniform["bits"].notna()]
+    if len(quantized):
+        lowest = quantized.loc[quantized["bits"].idxmin()]
+        for key in ("perplexity", "bits_per_byte", "effective_bits"):
+            if _finite(lowest[key]):
+                metrics[f"lowest_width_{key}"] = float(lowest[key])
+    for _, row in uniform.iterrows():
+        if _finite(row["perplexity"]):
+            metrics[f"{row['name']}_perplexity"] = float(row["perplexity"])
+    return metrics
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def pareto_analysis(evaluation: Any) -> tuple[Any, Any, dict[str, Any]]:

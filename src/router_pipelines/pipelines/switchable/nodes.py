@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # the family's configs import torch: only the nodes that run 
 logger = logging.getLogger(__name__)
 
 FAMILY = "switchable"
+# Saved with every registered version (MLflow runs the model on it once when logging it).
+INPUT_EXAMPLE = ["def add(a, b):"]
 
 
 def switchable_identity(
@@ -211,9 +213,10 @@ def register_switchable(
     pareto: Any,
     training_summary: dict[str, Any],
     register_params: dict[str, Any],
+    evaluation: Any = None,
 ) -> dict[str, Any]:
     """Register a switchable model trained in this run as ``switchable_lm`` with its Pareto
-    configurations (a reused one is not registered twice)."""
+    configurations and headline metrics (a reused one is not registered twice)."""
     import tempfile
     from pathlib import Path
 
@@ -225,6 +228,9 @@ def register_switchable(
     skipped = registration_skipped(config, training_summary)
     if skipped is not None:
         return skipped
+    from router_pipelines.pipelines.switchable.evaluation_nodes import headline_metrics
+
+    headline = headline_metrics(evaluation) if evaluation is not None else {}
     front_names = [str(n) for n in pareto["name"]]
     tags = {
         "strategy": training_summary["strategy"],
@@ -242,5 +248,8 @@ def register_switchable(
             tags=tags,
             description=config.description,
             extra_artifacts={"pareto_configurations": str(table)},
+            metrics=headline,
+            step=training_summary.get("global_step"),
+            input_example=INPUT_EXAMPLE,
         )
-    return {"registered": True, "pareto_configurations": front_names, **info}
+    return {"registered": True, "pareto_configurations": front_names, **info, "metrics": headline}

@@ -11,6 +11,7 @@ from router_pipelines.pipelines.switchable.evaluation_nodes import (
     pareto_analysis,
 )
 from router_pipelines.pipelines.switchable.nodes import register_switchable, train_switchable
+from router_pipelines.promotion import DATA_REPORT, promotion_node
 
 PARAMETERS = [
     "params:model",
@@ -56,10 +57,11 @@ def create_pipeline(source: str | None = None, **kwargs) -> Pipeline:
         ),
         Node(
             register_switchable,
-            ["model", "pareto", "training_summary", "params:experiment.register"],
+            ["model", "pareto", "training_summary", "params:experiment.register", "evaluation"],
             "registration",
             name="register_switchable",
         ),
+        promotion_node("switchable"),
     ]
     return Pipeline(
         nodes,
@@ -69,6 +71,7 @@ def create_pipeline(source: str | None = None, **kwargs) -> Pipeline:
             "train_tokens": "train_tokens",
             "validation_tokens": "validation_tokens",
             "model_registry": "model_registry",
+            DATA_REPORT: DATA_REPORT,
         },
-        parameters=set() if source is None else {f"params:{source}"},
+        parameters={"params:promotion"} | (set() if source is None else {f"params:{source}"}),
     )

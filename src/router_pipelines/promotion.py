@@ -1,0 +1,304 @@
+"""Champion and challenger: which registered version of a family is served.
+
+Every new version a family registers becomes the ``challenger`` (an MLflow registry alias). It
+becomes the ``champion`` only when MLflow's own model validation
+(:func:`mlflow.validate_evaluation_results` with one :class:`mlflow.models.MetricThreshold`
+per metric) passes against the current champion:
+
+* the family's metric (``rule.metric``, e.g. ``validation_perplexity``) is better by at least
+  ``rule.min_relative_change`` (a fraction of the champion's value; 0.01 = 1 %), and
+* the cost metric, if the rule names one (e.g. ``lowest_width_effective_bits``), is no worse.
+
+Both numbers come from the same held-out data: each version records the fingerprint of the
+validation split it was measured on (tag ``held_out_data``); a champion measured on other data
+is not compared (the challenger stays challenger, with the reason) rather than compared on
+numbers that do not mean the same. The first version of a name becomes champion. A version
+that is not promoted gets the tag ``promotion`` with the reason; the champion alias is only
+ever moved from one version to a better one, never removed.
+
+A family adds promotion with one node (:func:`promotion_node`, placed in its namespace's
+pipeline) and one rule in ``conf/base/parameters_promotion.yml`` (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial, update_wrapper
+from typing import Any
+
+from router_pipelines.config import ConfigError, check_bool, check_non_empty_str, config_from_dict
+
+logger = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HELD_OUT_TAG = "held_out_data"
+DATA_REPORT = "data_processing.data_report"  # carries the validation split's fingerprint
+PROMOTION_TAG = "promotion"
+
+
+@dataclass
+class PromotionRule:
+    """How a family's challenger is compared with its champion."""
+
+    metric: str  # a key of the registration's ``metrics`` (also a version tag)
+    greater_is_better: bool = False
+    min_relative_change: float = 0.01  # better by at least this fraction of the champion's value
+    cost_metric: str | None = None  # must be no worse than the champion's (e.g. bits, params)
+    cost_greater_is_better: bool = False
+
+    def __post_init__(self) -> None:
+        check_non_empty_str("metric", self.metric)
+        check_bool("greater_is_better", self.greater_is_better)
+        check_bool("cost_greater_is_better", self.cost_greater_is_better)
+        if not 0.0 <= float(self.min_relative_change) <= 1.0:
+            raise ValueError(
+                f"min_relative_change: a fraction between 0 and 1, got {self.min_relative_change}"
+            )
+        self.min_relative_change = float(self.min_relative_change)
+        if self.cost_metric is not None:
+            check_non_empty_str("cost_metric", self.cost_metric)
+
+
+@dataclass
+class PromotionParams:
+    """The ``promotion`` parameter group: on/off and one rule per family namespace."""
+
+    enabled: bool = True
+    rules: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_bool("enabled", self.enabled)
+
+
+def parse_promotion_params(group: Mapping[str, Any] | None) -> PromotionParams:
+    """The ``promotion`` group with each ``rules.<namespace>`` built as a :class:`PromotionRule`;
+    errors name ``promotion.rules.<namespace>.<key>``."""
+    params = config_from_dict(PromotionParams, group, "promotion")
+    if not isinstance(params.rules, Mapping):
+        raise ConfigError(f"promotion.rules: expected a mapping, got {params.rules!r}")
+    params.rules = {
+        str(namespace): config_from_dict(PromotionRule, rule, f"promotion.rules.{namespace}")
+        for namespace, rule in params.rules.items()
+    }
+    return params
+
+
+def promotion_node(namespace: str) -> Any:
+    """The ``promote`` node for the namespace's pipeline: ``registration`` +
+    ``data_processing.data_report`` (the validation split's fingerprint) + ``params:promotion``
+    -> ``promotion``. Declare ``params:promotion`` in the namespace pipeline's ``parameters``
+    and ``data_processing.data_report`` in its ``inputs``."""
+    from kedro.pipeline import Node
+
+    # update_wrapper: the partial gets the function's name (Kedro logs it, and warns without)
+    func = update_wrapper(partial(promote_registration, namespace=namespace), promote_registration)
+    return Node(
+        func,
+        ["registration", DATA_REPORT, "params:promotion"],
+        "promotion",
+        name="promote_champion",
+    )
+
+
+def promote_registration(
+    registration: Mapping[str, Any],
+    data_report: Mapping[str, Any] | None,
+    promotion_params: Mapping[str, Any],
+    *,
+    namespace: str,
+) -> dict[str, Any]:
+    """Node: alias the version registered in this run ``challenger``, and ``champion`` if it
+    beats the champion (see the module docstring). A run that registered nothing changes
+    nothing."""
+    params = parse_promotion_params(promotion_params)
+    if not params.enabled:
+        return {"promoted": False, "alias": None, "reason": "promotion.enabled is false"}
+    if not registration.get("registered"):
+        return {
+            "promoted": False,
+            "alias": None,
+            "reason": f"nothing registered ({registration.get('reason', 'no registration')})",
+        }
+    rule = params.rules.get(namespace)
+    if rule is None:
+        raise ConfigError(
+            f"promotion.rules.{namespace}: no rule for the {namespace!r} family; add one to "
+            f"conf/base/parameters_promotion.yml (known: {sorted(params.rules)})"
+        )
+    held_out = held_out_fingerprint(data_report)
+    return promote(
+        registration["name"],
+        str(registration["version"]),
+        registration.get("metrics") or {},
+        rule,
+        held_out=held_out,
+        where=f"promotion.rules.{namespace}",
+    )
+
+
+def held_out_fingerprint(data_report: Mapping[str, Any] | None) -> str:
+    """``<token cache fingerprint>/validation/<rows>``: the held-out split both versions must
+    have been measured on (the cache fingerprint covers the data, tokenizer, seq_len, split)."""
+    report = dict(data_report or {})
+    return f"{report.get('fingerprint', '')}/validation/{report.get('validation_rows', '')}"
+
+
+def promote(
+    name: str,
+    version: str,
+    metrics: Mapping[str, float],
+    rule: PromotionRule,
+    *,
+    held_out: str,
+    where: str = "promotion rule",
+    client: Any = None,
+) -> dict[str, Any]:
+    """Alias ``name`` version ``version`` challenger, and champion when it passes ``rule``.
+
+    Returns:
+        ``{"promoted", "alias", "name", "version", "champion_version", "reason"}``; the alias
+        is the one this version holds afterwards.
+
+    Raises:
+        ConfigError: ``metrics`` lacks the rule's metric or cost metric (naming ``where``).
+    """
+    import mlflow
+
+    client = client or mlflow.MlflowClient()
+    for key in (rule.metric, rule.cost_metric):
+        if key is not None and not _is_number(metrics.get(key)):
+            raise ConfigError(
+                f"{where}: metric {key!r} is not among the registered version's metrics "
+                f"{sorted(metrics)}"
+            )
+    client.set_model_version_tag(name, version, HELD_OUT_TAG, held_out)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    champion = _version_by_alias(client, name, CHAMPION)
+    if champion is None or str(champion.version) == version:
+        return _crown(client, name, version, None, "first version: no champion yet")
+    baseline = _tag_metrics(champion.tags, rule)
+    if champion.tags.get(HELD_OUT_TAG) != held_out:
+        return _keep(
+            client,
+            name,
+            version,
+            champion,
+            f"champion v{champion.version} was measured on other held-out data "
+            f"({champion.tags.get(HELD_OUT_TAG)!r}, not {held_out!r}); not comparable",
+        )
+    missing = [key for key in (rule.metric, rule.cost_metric) if key and key not in baseline]
+    if missing:
+        return _keep(
+            client, name, version, champion, f"champion v{champion.version} has no {missing}"
+        )
+    failure = validation_failure(metrics, baseline, rule)
+    if failure is not None:
+        return _keep(client, name, version, champion, failure)
+    change = metrics[rule.metric] - baseline[rule.metric]
+    return _crown(
+        client,
+        name,
+        version,
+        champion,
+        f"{rule.metric} {metrics[rule.metric]:.6g} vs champion v{champion.version}'s "
+        f"{baseline[rule.metric]:.6g} ({change:+.3g})",
+    )
+
+
+def thresholds(rule: PromotionRule) -> dict[str, Any]:
+    """The ``MetricThreshold`` per metric that :func:`mlflow.validate_evaluation_results` checks:
+    the metric better by ``min_relative_change`` (0: at least as good), the cost no worse."""
+    from mlflow.models import MetricThreshold
+
+    checks = {
+        rule.metric: MetricThreshold(
+            min_relative_change=rule.min_relative_change,
+            greater_is_better=rule.greater_is_better,
+        )
+    }
+    if rule.cost_metric is not None:
+        checks[rule.cost_metric] = MetricThreshold(
+            min_relative_change=0.0, greater_is_better=rule.cost_greater_is_better
+        )
+    return checks
+
+
+def validation_failure(
+    candidate: Mapping[str, float], baseline: Mapping[str, float], rule: PromotionRule
+) -> str | None:
+    """MLflow's validation of ``candidate`` against ``baseline``: ``None`` when it passes, else
+    MLflow's message (which metric failed which check, with both values)."""
+    import mlflow
+    from mlflow.models.evaluation import EvaluationResult
+    from mlflow.models.evaluation.validation import ModelValidationFailedException
+
+    checks = thresholds(rule)
+    keep = set(checks)
+    try:
+        mlflow.validate_evaluation_results(
+            checks,
+            EvaluationResult({k: float(v) for k, v in candidate.items() if k in keep}, {}),
+            EvaluationResult({k: float(v) for k, v in baseline.items() if k in keep}, {}),
+        )
+    except ModelValidationFailedException as error:
+        return error.message
+    return None
+
+
+def _crown(client: Any, name: str, version: str, champion: Any, reason: str) -> dict[str, Any]:
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, PROMOTION_TAG, f"champion: {reason}"[:5000])
+    if champion is not None:
+        client.set_model_version_tag(
+            name, str(champion.version), PROMOTION_TAG, f"superseded by v{version}"
+        )
+    logger.info("%s v%s is the champion: %s", name, version, reason)
+    return {
+        "promoted": True,
+        "alias": CHAMPION,
+        "name": name,
+        "version": version,
+        "champion_version": version,
+        "reason": reason,
+    }
+
+
+def _keep(client: Any, name: str, version: str, champion: Any, reason: str) -> dict[str, Any]:
+    client.set_model_version_tag(name, version, PROMOTION_TAG, f"not promoted: {reason}"[:5000])
+    logger.info("%s v%s stays challenger: %s", name, version, reason)
+    return {
+        "promoted": False,
+        "alias": CHALLENGER,
+        "name": name,
+        "version": version,
+        "champion_version": str(champion.version),
+        "reason": reason,
+    }
+
+
+def _version_by_alias(client: Any, name: str, alias: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _tag_metrics(tags: Mapping[str, str], rule: PromotionRule) -> dict[str, float]:
+    values = {}
+    for key in (rule.metric, rule.cost_metric):
+        if key is None or key not in tags:
+            continue
+        try:
+            values[key] = float(tags[key])
+        except ValueError:
+            continue
+    return values
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

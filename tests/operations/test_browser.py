@@ -1,0 +1,121 @@
+"""Kedro-Viz and the MLflow UI as a user sees them: servers on 127.0.0.1 (free ports, under the
+network guard), their APIs, and the pages rendered by headless Chromium (Debian's package,
+`make browser`). Screenshots and DOMs land in build/browser/ (a CI artifact)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from operations.support import described, free_port, get_json, render, server, user_environment
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def viz(debug_run):
+    """`kedro viz run` in the debug run's project; yields (base url, guard log)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = ["-m", "kedro", "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"]
+    with server(args, debug_run.root, f"{url}/api/main") as log:
+        yield url, log
+
+
+@pytest.fixture(scope="module")
+def pipelines():
+    from router_pipelines.pipeline_registry import register_pipelines
+
+    return register_pipelines()
+
+
+def test_viz_api_has_every_pipeline_and_node(viz, pipelines):
+    url, _ = viz
+    main = get_json(f"{url}/api/main")
+    assert {p["id"] for p in main["pipelines"]} == set(pipelines)
+    for name in ("__default__", *[n for n in pipelines if n != "__default__"][:3]):
+        shown = get_json(f"{url}/api/pipelines/{name}")
+        tasks = {n["name"] for n in shown["nodes"] if n["type"] == "task"}
+        expected = {node.name.rsplit(".", 1)[-1] for node in pipelines[name].nodes}
+        assert expected <= tasks, (name, expected - tasks)
+    # one collapsible namespace per family, datasets typed
+    default = get_json(f"{url}/api/pipelines/__default__")
+    assert {"data_processing", "pretrain", "switchable"} <= set(default["modular_pipelines"])
+    kinds = {n["name"]: n.get("dataset_type") for n in default["nodes"] if n["type"] == "data"}
+    assert kinds["pretrain.model"].endswith("PretrainedModelDataset")
+    assert kinds["switchable.promotion"].endswith("AtomicJSONDataset")
+
+
+def test_viz_reports_its_own_version_without_asking_the_network(viz):
+    url, log = viz
+    from kedro_viz import __version__
+
+    assert get_json(f"{url}/api/version") == {
+        "installed": __version__,
+        "is_outdated": False,
+        "latest": __version__,  # offline, an unpatched lookup answers "None"
+    }
+    from test_network_guard import attempts
+
+    found = attempts(log)
+    assert not found, f"Kedro-Viz reached for the network: {described(found)}"
+
+
+@pytest.mark.browser
+def test_viz_renders_the_default_pipeline_in_chromium(viz, pipelines, tmp_path):
+    url, _ = viz
+    dom = render(f"{url}/?pid=__default__&expandAllPipelines=true", "kedro-viz", tmp_path)
+    labels = set(re.findall(r'class="pipeline-node__text"[^>]*>([^<]+)<', dom))
+    expected = {node.name.rsplit(".", 1)[-1] for node in pipelines["__default__"].nodes}
+    assert expected <= labels, expected - labels
+    assert "Kedro-Viz None" not in dom
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(debug_run):
+    """`make mlflow-ui`'s command over the debug run's store (with the Makefile's switches)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [
+        "-m", "mlflow", "ui",
+        "--backend-store-uri", debug_run.uri,
+        "--host", "127.0.0.1",
+        "--port", str(port),
+    ]  # fmt: skip
+    env = {**user_environment(), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with server(args, debug_run.root, f"{url}/health", env=env) as log:
+        yield url, log
+
+
+@pytest.mark.browser
+def test_mlflow_ui_lists_the_run_and_the_registered_models(mlflow_ui, debug_run, tmp_path):
+    url, log = mlflow_ui
+    client = debug_run.client()
+    experiment = client.get_experiment_by_name("router_pipelines_debug")
+    (run,) = client.search_runs([experiment.experiment_id], order_by=["start_time ASC"])[:1]
+    runs_page = render(
+        f"{url}/#/experiments/{experiment.experiment_id}/runs", "mlflow-runs", tmp_path
+    )
+    assert run.info.run_name in runs_page
+    assert "Training runs" in runs_page, "the experiment opens on its training runs"
+    models_page = render(f"{url}/#/models", "mlflow-models", tmp_path)
+    for name in ("base_lm_debug", "switchable_lm_debug"):
+        assert name in models_page
+    from test_network_guard import attempts
+
+    assert not attempts(log)
+
+
+def test_viz_build_writes_the_static_site(debug_run, pipelines):
+    """`make viz-build` (`kedro viz build`): the static site with every pipeline's API files."""
+    from operations.support import guarded
+
+    result = guarded(["-m", "kedro", "viz", "build"], debug_run.root, debug_run.root / "g.jsonl")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    site = debug_run.root / "build"
+    assert (site / "index.html").is_file()
+    main = json.loads((site / "api" / "main").read_text())
+    assert {p["id"] for p in main["pipelines"]} == set(pipelines)
+    assert (site / "api" / "pipelines" / "__default__").is_file()
