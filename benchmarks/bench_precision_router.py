@@ -1,0 +1,254 @@
+"""Does the layer-wise precision router beat the best static assignment at equal bits?
+
+On the embedded default corpus (the data nodes with ``conf/base/parameters_data_processing.yml``):
+
+1. a full-precision GPT-2 base model (``--preset``, default ``tiny``) trained by the
+   ``pretrain`` node for ``--base-steps`` (or the newest saved ``data/06_models/pretrain`` one
+   with the same tokenizer and preset, ``--base auto``);
+2. post-training quantized at ``--widths`` (no QAT: the ``ptq`` source of the pipeline), so the
+   lowest width costs real quality;
+3. the pipeline's own nodes ``train_router`` and ``evaluate_router`` with the defaults of
+   ``conf/base/parameters_precision_router.yml``, overridden by the flags here (granularity,
+   learning rate, epochs, examples);
+4. the evaluation table: uniform widths, full precision, exact (knapsack) and greedy static
+   allocations, random assignments and the router at each budget, on the validation split.
+
+Targets (issue 8 §5): at every budget the router's perplexity is at or below the best static
+assignment's at equal realised bits (±0.1); at some budget it recovers at least half the gap
+between the exact static assignment at b and at b + 0.5 bits; router FLOPs <= 1 % of the
+model's per token.
+
+    .venv/bin/python benchmarks/bench_precision_router.py            # <= ~6 min on 2 cores
+    .venv/bin/python benchmarks/bench_precision_router.py --quick    # < 1 min smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_switchable_quality import load_tokens, saved_base  # noqa: E402
+
+from router_pipelines.models.bundle import load_bundle, save_bundle  # noqa: E402
+from router_pipelines.models.presets import PRESETS  # noqa: E402
+from router_pipelines.pipelines.precision_router.evaluation_nodes import evaluate_router  # noqa: E402
+from router_pipelines.pipelines.precision_router.nodes import (  # noqa: E402
+    provide_multi_precision_model,
+    train_router,
+)
+from router_pipelines.pipelines.pretrain.nodes import train_base_model  # noqa: E402
+
+NAME = "precision_router"
+CONF = common.PROJECT_ROOT / "conf" / "base"
+
+
+def _params(name: str) -> dict[str, Any]:
+    return yaml.safe_load((CONF / f"parameters_{name}.yml").read_text())
+
+
+def train_base(tokens: tuple, args: argparse.Namespace, output_dir: str) -> Any:
+    tokenizer, train_tokens, validation_tokens, _ = tokens
+    params = _params("pretrain")["pretrain"]
+    params["model"]["preset"] = args.preset
+    params["training"].update(
+        output_dir=output_dir,
+        max_steps=args.base_steps,
+        batch_size=args.base_batch_size,
+        warmup_steps=min(params["training"]["warmup_steps"], max(args.base_steps // 10, 1)),
+        eval_steps=None,
+        save_steps=None,
+        save_at_end=False,
+        save_best_model=False,
+        load_best_model_at_end=False,
+        progress_bar=False,
+    )
+    bundle, *_ = train_base_model(
+        train_tokens,
+        validation_tokens,
+        tokenizer,
+        None,
+        None,
+        params["model"],
+        params["training"],
+        params["lr_finder"],
+        params["register"],
+    )
+    return bundle
+
+
+def run(args: argparse.Namespace) -> None:
+    threads = common.set_threads(args.threads)
+    machine = common.machine_info(threads)
+    start = time.perf_counter()
+    tokens = load_tokens()
+    tokenizer, train_tokens, validation_tokens, _ = tokens
+    with tempfile.TemporaryDirectory(prefix="bench-precision-router-") as tmp:
+        base, base_note = (None, "")
+        if args.base == "auto":
+            base, base_note = saved_base(tokenizer, args.preset)
+        base_start = time.perf_counter()
+        cache = Path(args.base_cache) if args.base_cache else None
+        if base is None and cache is not None and (cache / "config.json").is_file():
+            base, base_note = load_bundle(cache), f"reused the benchmark's cached base {cache}"
+        if base is None:
+            base = train_base(tokens, args, f"{tmp}/base")
+            base_note = f"trained {args.preset} for {args.base_steps} steps ({base_note})"
+            if cache is not None:
+                save_bundle(base, cache)
+        base_s = time.perf_counter() - base_start
+
+        router_params = _params("precision_router")["precision_router"]
+        quantized_params = dict(router_params["quantized"], source="ptq", bit_widths=args.widths)
+        multi = provide_multi_precision_model(None, base, tokenizer, train_tokens, quantized_params)
+        training = copy.deepcopy(router_params["training"])
+        training.update(
+            output_dir=f"{tmp}/router",
+            num_examples=args.num_examples,
+            num_epochs=args.epochs,
+            learning_rate=args.learning_rate,
+            seq_len=args.seq_len,
+            progress_bar=False,
+            logging_steps=10,
+            warmup_steps=min(5, args.epochs * (args.num_examples // 8) // 10),
+        )
+        evaluation = copy.deepcopy(router_params["evaluation"])
+        evaluation.update(max_batches=args.eval_batches, budgets=args.budgets)
+        router_cfg = dict(router_params["router"], granularity=args.granularity)
+        train_start = time.perf_counter()
+        model, summary, _, history = train_router(
+            multi, train_tokens, validation_tokens, router_cfg, training, evaluation
+        )
+        train_s = time.perf_counter() - train_start
+        eval_start = time.perf_counter()
+        table, _, results = evaluate_router(
+            model, train_tokens, validation_tokens, training, evaluation
+        )
+        eval_s = time.perf_counter() - eval_start
+
+    rows = [
+        {
+            "table": "every method on the validation split",
+            "name": r["name"],
+            "kind": r["kind"],
+            "budget": r["budget"],
+            "mean_bits": round(float(r["mean_bits"]), 4),
+            "perplexity": round(float(r["perplexity"]), 3),
+            "bits_per_byte": round(float(r["bits_per_byte"]), 5),
+            "layer_bits": r["layer_bits"],
+        }
+        for r in table.to_dict(orient="records")
+    ]
+    for entry in results["per_budget"]:
+        rows.append(
+            {
+                "table": "router vs the best static assignment per budget",
+                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in entry.items()},
+            }
+        )
+    verdicts = [e.get("router_at_or_below_static") for e in results["per_budget"]]
+    recovery = results["max_gap_recovery"]
+    share = results["router_cost"]["router_flops_share_per_token"]
+    lowest, fp = results["lowest_uniform_perplexity"], results["fp_perplexity"]
+    targets = [
+        common.target(
+            "router ppl <= best static ppl at equal realised bits, every budget",
+            "every budget",
+            f"{sum(v is True for v in verdicts)}/{len(verdicts)} budgets",
+            bool(verdicts) and all(v is True for v in verdicts),
+        ),
+        common.target(
+            "gap recovery (static b -> b+0.5) at some budget",
+            ">= 0.5",
+            "n/a" if recovery is None else round(recovery, 3),
+            recovery is not None and recovery >= 0.5,
+        ),
+        common.target(
+            "router FLOPs share per token", "<= 1%", f"{share * 100:.4f}%", share <= 0.01
+        ),
+    ]
+    cost = {
+        k: (round(v, 6) if isinstance(v, float) else v) for k, v in results["router_cost"].items()
+    }
+    notes = [
+        f"Base model: {base_note}; fp perplexity {fp:.2f}, uniform {args.widths[0]}-bit PTQ "
+        f"{lowest:.2f} ({(lowest / fp - 1) * 100:+.1f}%): the lowest width "
+        + (
+            "costs real quality."
+            if lowest / fp > 1.05
+            else "costs little; budgets differ only slightly."
+        ),
+        f"Router: {args.granularity} routing, trained by train_router for {summary['global_step']} "
+        f"steps ({args.epochs} epochs x {args.num_examples} examples, lr {args.learning_rate}, "
+        f"seq_len {args.seq_len}), weight_ce 0.7, weight_precision 0.3; budgets calibrated on "
+        f"{evaluation['calibration_examples']} random training rows not trained on, evaluated on "
+        "the validation split.",
+        f"Final epoch: {history['epochs'][-1]}.",
+        f"Router cost: {cost}.",
+        f"Times: base {base_s:.1f} s, router training {train_s:.1f} s, evaluation {eval_s:.1f} s "
+        "(conf/base sizes unless overridden above).",
+        "mean_bits: parameter-weighted mean weight width over the decoder blocks' linears "
+        "(scales not counted). Speed is not measured: a per-layer mix has no packed kernel.",
+        "Seeds: router seed 0, random_state 42, random assignments seed 0; base seed 42.",
+    ]
+    common.write_result(
+        common.result_path(NAME, args),
+        name=NAME,
+        title="Layer-wise precision router vs static per-layer widths at equal mean bits",
+        machine=machine,
+        config={
+            "preset": args.preset,
+            "base": args.base,
+            "base_steps": args.base_steps,
+            "widths": args.widths,
+            "budgets": args.budgets,
+            "granularity": args.granularity,
+            "num_examples": args.num_examples,
+            "epochs": args.epochs,
+            "learning_rate": args.learning_rate,
+            "seq_len": args.seq_len,
+            "eval_batches": args.eval_batches,
+            "quick": args.quick,
+        },
+        results=rows,
+        targets=targets,
+        notes=notes,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = common.make_parser(__doc__)
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--base", default="auto", choices=["auto", "train"])
+    parser.add_argument("--base-steps", type=int, default=400)
+    parser.add_argument("--base-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--base-cache", default=None, help="folder to keep the trained base in and reuse it from"
+    )
+    parser.add_argument("--widths", type=int, nargs="+", default=[2, 3, 4, 6, 8])
+    parser.add_argument("--budgets", type=float, nargs="+", default=[3.0, 4.0, 5.0, 6.0])
+    parser.add_argument("--granularity", default="sequence", choices=["sequence", "token"])
+    parser.add_argument("--num-examples", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--eval-batches", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.preset, args.base, args.base_steps, args.base_batch_size = "debug", "train", 4, 4
+        args.num_examples, args.epochs, args.seq_len, args.eval_batches = 16, 1, 32, 2
+        args.budgets = [3.0, 5.0]
+    return args
+
+
+if __name__ == "__main__":
+    run(parse_args())

@@ -1,0 +1,189 @@
+"""Static per-layer widths for a budget, and the router's budget calibration.
+
+**Sensitivity** of layer ``l`` at width ``b``: the mean next-token loss on calibration data
+with that layer alone at ``b`` and every other layer at the highest width, minus the loss with
+all at the highest width (HAWQ-style, measured rather than estimated). The static allocators
+minimise ``sum_l s[l, b_l]`` subject to the parameter-weighted mean width
+``sum_l p_l b_l / sum_l p_l <= budget``:
+
+- :func:`allocate_exact`: the multiple-choice knapsack solved exactly by dynamic programming
+  over integer costs ``p_l b_l / g`` (``g`` the gcd of the layer sizes: equal-sized blocks give
+  a handful of states per layer), with no approximation;
+- :func:`allocate_greedy`: from all-highest, repeatedly lower the layer whose next lower width
+  costs the least sensitivity per bit saved, until the budget holds.
+
+**Budget calibration**: the router's hard choice is ``argmax_b(logit_b - price * c_b)`` with
+``c_b = (b - b_min) / (b_max - b_min)``; every decision's width falls as ``price`` grows, so
+the realised mean bits are monotone in it and a bisection on calibration data finds the price
+whose realised mean is closest to the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from functools import reduce
+from typing import Any
+
+import numpy as np
+import torch
+
+from router_pipelines.families.precision_router.loss import shifted_ce
+
+
+def mean_bits(widths: Sequence[int], layer_params: Sequence[float]) -> float:
+    """Parameter-weighted mean width of one width per layer."""
+    total = float(sum(layer_params))
+    return float(sum(b * p for b, p in zip(widths, layer_params, strict=True)) / total)
+
+
+@torch.no_grad()
+def layer_sensitivities(router: Any, batches: Sequence[dict[str, torch.Tensor]]) -> np.ndarray:
+    """``(L, n_widths)`` loss increase of each layer alone at each width (see module doc)."""
+    widths = router.precisions
+    top = widths[-1]
+
+    def loss_at(config: list[int]) -> float:
+        losses = [
+            float(
+                shifted_ce(
+                    router.infer_forward(b["input_ids"], b["attention_mask"], forced=config)[
+                        "logits"
+                    ],
+                    b["labels"],
+                )
+            )
+            for b in batches
+        ]
+        return sum(losses) / len(losses)
+
+    reference = loss_at([top] * router.num_layers)
+    table = np.zeros((router.num_layers, len(widths)))
+    for layer in range(router.num_layers):
+        for column, bits in enumerate(widths[:-1]):
+            config = [top] * router.num_layers
+            config[layer] = bits
+            table[layer, column] = loss_at(config) - reference
+    return table
+
+
+def allocate_exact(
+    sensitivity: np.ndarray, layer_params: Sequence[int], widths: Sequence[int], budget: float
+) -> list[int] | None:
+    """The widths minimising total sensitivity at mean width <= ``budget`` (None: infeasible)."""
+    params = [int(p) for p in layer_params]
+    unit = reduce(math.gcd, params)
+    capacity = math.floor(budget * sum(params) / unit + 1e-9)
+    states: dict[int, tuple[float, tuple[int, ...]]] = {0: (0.0, ())}
+    for layer, size in enumerate(params):
+        following: dict[int, tuple[float, tuple[int, ...]]] = {}
+        for cost, (value, chosen) in states.items():
+            for column, bits in enumerate(widths):
+                new_cost = cost + size // unit * bits
+                if new_cost > capacity:
+                    continue
+                candidate = (value + float(sensitivity[layer, column]), (*chosen, bits))
+                best = following.get(new_cost)
+                if best is None or candidate[0] < best[0] - 1e-15:
+                    following[new_cost] = candidate
+        states = following
+    if not states:
+        return None
+    return list(min(states.values(), key=lambda item: (item[0], -sum(item[1])))[1])
+
+
+def allocate_greedy(
+    sensitivity: np.ndarray, layer_params: Sequence[int], widths: Sequence[int], budget: float
+) -> list[int] | None:
+    """Greedy: lower the cheapest layer (sensitivity per bit saved) until within budget."""
+    columns = [len(widths) - 1] * len(layer_params)
+    total = float(sum(layer_params))
+
+    def current() -> float:
+        return mean_bits([widths[c] for c in columns], layer_params)
+
+    while current() > budget + 1e-9:
+        best, best_ratio = None, math.inf
+        for layer, column in enumerate(columns):
+            if column == 0:
+                continue
+            gain = float(sensitivity[layer, column - 1] - sensitivity[layer, column])
+            saved = layer_params[layer] * (widths[column] - widths[column - 1]) / total
+            if gain / saved < best_ratio:
+                best, best_ratio = layer, gain / saved
+        if best is None:
+            return None
+        columns[best] -= 1
+    return [widths[c] for c in columns]
+
+
+def random_assignments(
+    n_layer: int,
+    layer_params: Sequence[int],
+    widths: Sequence[int],
+    budget: float,
+    count: int,
+    seed: int,
+    draws: int = 2000,
+) -> list[list[int]]:
+    """``count`` seeded random per-layer assignments with mean width <= ``budget``, the ones
+    closest to it (so they are compared at nearly equal bits)."""
+    rng = random.Random(seed)
+    seen: dict[tuple[int, ...], float] = {}
+    for _ in range(draws):
+        config = tuple(rng.choice(widths) for _ in range(n_layer))
+        bits = mean_bits(config, layer_params)
+        if bits <= budget + 1e-9:
+            seen[config] = bits
+    ranked = sorted(seen, key=lambda c: (budget - seen[c], c))
+    return [list(c) for c in ranked[:count]]
+
+
+@torch.no_grad()
+def realised_bits(router: Any, batches: Iterable[dict[str, torch.Tensor]], price: float) -> float:
+    """Mean bits the router's hard choice realises on ``batches`` at ``price``."""
+    with router.routing("infer", price=price), router.tallying() as tally:
+        for batch in batches:
+            router(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+            )
+    return tally.mean_bits()
+
+
+def calibrate_price(
+    router: Any,
+    batches: Sequence[dict[str, torch.Tensor]],
+    budget: float,
+    iterations: int = 14,
+) -> tuple[float, float]:
+    """The price whose realised mean bits on ``batches`` is closest to ``budget``.
+
+    Returns:
+        ``(price, realised mean bits on batches)``.
+    """
+    low, high = -1.0, 1.0
+    for _ in range(20):  # widen until the budget lies between the two ends
+        if realised_bits(router, batches, low) >= budget:
+            break
+        low *= 2
+    for _ in range(20):
+        if realised_bits(router, batches, high) <= budget:
+            break
+        high *= 2
+    best = min(
+        ((p, realised_bits(router, batches, p)) for p in (low, high)),
+        key=lambda item: abs(item[1] - budget),
+    )
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        bits = realised_bits(router, batches, middle)
+        if abs(bits - budget) < abs(best[1] - budget):
+            best = (middle, bits)
+        if bits > budget:
+            low = middle
+        else:
+            high = middle
+    return best

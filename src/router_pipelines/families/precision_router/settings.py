@@ -1,0 +1,152 @@
+"""Operating points of a routed multi-precision model as sweep ``Setting``s.
+
+- :class:`StaticWidths`: one width per decoder block, the same for every input (uniform,
+  exact or greedy allocation, random), or full precision (``widths`` None).
+- :class:`RouterAtBudget`: the router's hard choice at a calibrated price.
+
+Every row gets ``mean_bits`` (the parameter-weighted mean width over the blocks' quantized
+linears, realised on the evaluation data for the router), ``budget``, ``layer_bits`` (JSON, the
+mean width per block) and ``bit_histogram`` (JSON, per block the share of decisions at each
+width). Speed is timed on fake-quantized weights: ``simulated``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from router_pipelines.config import check_int
+from router_pipelines.evaluation.sweep import SweepConfig
+from router_pipelines.families.precision_router.allocation import mean_bits
+from router_pipelines.families.switchable.bits import bit_report
+
+
+@dataclass
+class RouterEvalConfig(SweepConfig):
+    """What the evaluation compares (batch and speed fields from the sweep)."""
+
+    budgets: list[float] = field(default_factory=lambda: [3.0, 4.0, 5.0, 6.0])
+    random_per_budget: int = 2  # random assignments per budget
+    seed: int = 0
+    calibration_examples: int = 64  # random training rows the router did not train on
+    calibration_batch_size: int = 8
+    calibration_iterations: int = 12  # bisection steps of the price per budget
+    half_bit_static: bool = True  # also the exact allocation at budget + 0.5 (gap recovery)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.budgets, list) or not self.budgets:
+            raise ValueError(
+                f"budgets: expected a non-empty list of mean widths, got {self.budgets!r}"
+            )
+        for value in self.budgets:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"budgets: {value!r} is not a number of bits")
+        self.budgets = [float(b) for b in self.budgets]
+        check_int("random_per_budget", self.random_per_budget, minimum=0)
+        check_int("seed", self.seed, minimum=0)
+        check_int("calibration_examples", self.calibration_examples, minimum=1)
+        check_int("calibration_batch_size", self.calibration_batch_size, minimum=1)
+        check_int("calibration_iterations", self.calibration_iterations, minimum=1)
+
+
+def _check_router(model: nn.Module) -> None:
+    if not hasattr(model, "precisions") or not hasattr(model, "routing"):
+        raise ValueError(f"model: {type(model).__name__} is not a LayerwiseQuantizeForCausalLM")
+
+
+@dataclass(frozen=True)
+class StaticWidths:
+    """The same width per block for every input; ``widths`` None: full precision."""
+
+    name: str
+    kind: str  # uniform | static_exact | static_greedy | random | fp
+    widths: tuple[int, ...] | None
+    budget: float | None = None
+    speed_kind: str = "simulated"
+
+    def validate(self, model: nn.Module) -> None:
+        _check_router(model)
+        if self.widths is None:
+            return
+        if len(self.widths) != model.num_layers or any(
+            b not in model.precisions for b in self.widths
+        ):
+            raise ValueError(
+                f"widths: {list(self.widths)} is not one of {model.precisions} per block for "
+                f"{model.num_layers} blocks"
+            )
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        quantized = model.quantized
+        saved = quantized.precision_map()
+        try:
+            with model.routing(None):
+                if self.widths is None:
+                    quantized.set_precision(None)
+                else:
+                    quantized.set_precision(max(self.widths))
+                    quantized.set_layer_precision(
+                        [{"attn_bits": b, "mlp_bits": b} for b in self.widths]
+                    )
+                yield
+        finally:
+            quantized.set_precision_map(saved)
+
+    def columns(self, model: nn.Module) -> dict[str, Any]:
+        params = model.layer_params.tolist()
+        if self.widths is None:
+            bits, layer_bits, histogram = 16.0, [16.0] * model.num_layers, []
+        else:
+            bits, layer_bits = mean_bits(self.widths, params), list(map(float, self.widths))
+            histogram = [{str(b): float(b == w) for b in model.precisions} for w in self.widths]
+        return {
+            "mean_bits": bits,
+            "budget": self.budget,
+            "effective_bits": bit_report(model.quantized)["effective_bits"],
+            "layer_bits": json.dumps(layer_bits),
+            "bit_histogram": json.dumps(histogram),
+            "price": float("nan"),
+            "calibration_bits": float("nan"),
+        }
+
+
+@dataclass
+class RouterAtBudget:
+    """The router's hard choice at ``price`` (calibrated for ``budget``)."""
+
+    name: str
+    budget: float
+    price: float
+    calibration_bits: float
+    kind: str = "router"
+    speed_kind: str = "simulated"
+    _tally: Any = field(default=None, repr=False)
+
+    def validate(self, model: nn.Module) -> None:
+        _check_router(model)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        with model.routing("infer", price=self.price), model.tallying() as tally:
+            self._tally = tally
+            yield
+
+    def columns(self, model: nn.Module) -> dict[str, Any]:
+        tally = self._tally
+        layer_bits = tally.layer_bits()
+        return {
+            "mean_bits": tally.mean_bits(),
+            "budget": self.budget,
+            "effective_bits": float("nan"),
+            "layer_bits": json.dumps([round(b, 4) for b in layer_bits]),
+            "bit_histogram": json.dumps(tally.histogram()),
+            "price": self.price,
+            "calibration_bits": self.calibration_bits,
+        }

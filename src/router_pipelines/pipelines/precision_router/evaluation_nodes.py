@@ -1,0 +1,330 @@
+"""Does routing beat not routing? The router against static widths at equal mean bits."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+KIND_STYLE = {  # marker, colour of each method in the Pareto plot
+    "fp": ("*", "black"),
+    "uniform": ("s", "tab:gray"),
+    "static_exact": ("D", "tab:blue"),
+    "static_greedy": ("v", "tab:cyan"),
+    "random": ("x", "tab:olive"),
+    "router": ("o", "tab:red"),
+}
+
+
+def evaluate_router(
+    model: Any,
+    train_tokens: Any,
+    validation_tokens: Any,
+    training_params: dict,
+    evaluation_params: dict,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Perplexity, bits per byte and realised mean bits of every method at every budget.
+
+    On calibration rows (a seeded random sample of the training rows the router was not
+    trained on, see ``row_split``): per-layer sensitivities
+    for the exact and greedy static allocators, and the router's price for each budget. On the
+    validation split: uniform widths, full precision, the exact and greedy static assignments,
+    seeded random assignments and the router at each budget (plus the exact assignment at
+    budget + 0.5 bits, for the gap-recovery figure).
+
+    Returns:
+        The evaluation table, the Pareto plot (perplexity against mean bits, every method) and
+        the results document (per-budget comparison, router cost, headline metrics).
+    """
+    from router_pipelines.data.tokenizer import token_byte_lengths
+    from router_pipelines.evaluation import evaluate_settings
+    from router_pipelines.families.precision_router import layer_sensitivities
+    from router_pipelines.pipelines.precision_router.data import batches_of, rows_of
+    from router_pipelines.pipelines.precision_router.nodes import _params
+
+    params = _params(training=training_params, evaluation=evaluation_params)
+    training, config = params.training, params.evaluation
+    router = model.model
+    from router_pipelines.data.torch_dataset import TokenBlockDataset
+    from router_pipelines.pipelines.precision_router.data import row_split
+
+    rows = len(TokenBlockDataset(train_tokens))
+    _, calibration_rows = row_split(
+        rows, training.num_examples, config.calibration_examples, training.random_state
+    )
+    calibration = batches_of(
+        rows_of(train_tokens, calibration_rows, training.seq_len), config.calibration_batch_size
+    )
+    sensitivity = layer_sensitivities(router, calibration)
+    settings = build_settings(router, sensitivity, calibration, config)
+    table = evaluate_settings(
+        router,
+        settings,
+        rows_of(validation_tokens, None, training.seq_len),
+        config,
+        token_bytes=token_byte_lengths(model.tokenizer),
+    )
+    cost = router_cost(router, calibration[0])
+    results = comparison(table, config.budgets, cost, sensitivity, router.precisions)
+    _log(table, results)
+    return table, pareto_figure(table), results
+
+
+def build_settings(router: Any, sensitivity: Any, calibration: list, config: Any) -> list[Any]:
+    from router_pipelines.families.precision_router import (
+        RouterAtBudget,
+        StaticWidths,
+        allocate_exact,
+        allocate_greedy,
+        calibrate_price,
+        random_assignments,
+    )
+
+    widths, n_layer = router.precisions, router.num_layers
+    params = [int(p) for p in router.layer_params.tolist()]
+    settings: list[Any] = [StaticWidths("fp", "fp", None)]
+    settings += [
+        StaticWidths(f"uniform_{b}bit", "uniform", (b,) * n_layer, float(b)) for b in widths
+    ]
+    static_budgets = list(config.budgets)
+    if config.half_bit_static:
+        static_budgets += [b + 0.5 for b in config.budgets if b + 0.5 <= widths[-1]]
+    for budget in dict.fromkeys(static_budgets):
+        for kind, allocate in (
+            ("static_exact", allocate_exact),
+            ("static_greedy", allocate_greedy),
+        ):
+            if kind == "static_greedy" and budget not in config.budgets:
+                continue
+            chosen = allocate(sensitivity, params, widths, budget)
+            if chosen is not None:
+                settings.append(StaticWidths(f"{kind}_b{budget:g}", kind, tuple(chosen), budget))
+    for budget in config.budgets:
+        for index, chosen in enumerate(
+            random_assignments(
+                n_layer, params, widths, budget, config.random_per_budget, config.seed
+            )
+        ):
+            settings.append(
+                StaticWidths(f"random_b{budget:g}_{index}", "random", tuple(chosen), budget)
+            )
+        price, calibrated = calibrate_price(
+            router, calibration, budget, config.calibration_iterations
+        )
+        logger.info(
+            "router at %.2g bits: price %.4g realises %.3f bits on calibration",
+            budget,
+            price,
+            calibrated,
+        )
+        settings.append(RouterAtBudget(f"router_b{budget:g}", budget, price, calibrated))
+    return settings
+
+
+def router_cost(router: Any, batch: dict) -> dict[str, float]:
+    """The routers' FLOPs and measured time as a share of the model's.
+
+    FLOPs: per decision against the model's per token (per sequence routing decides once per
+    sequence, so its share per token is this divided by the sequence length). Time: the
+    routers' own work (features + MLP) on the block inputs of one batch, against one forward of
+    the multi-precision model at its highest width (median of 5).
+    """
+    import statistics
+    import time
+
+    import torch
+
+    inputs: dict[int, torch.Tensor] = {}
+    handles = [
+        block.register_forward_pre_hook(
+            lambda m, a, kw, i=i: inputs.__setitem__(
+                i, (a[0] if a else kw["hidden_states"]).detach()
+            ),
+            with_kwargs=True,
+        )
+        for i, block in enumerate(router._blocks)
+    ]
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    quantized = router.quantized
+    saved = quantized.precision_map()
+
+    def model_forward() -> None:
+        quantized.model(input_ids=ids, attention_mask=mask, use_cache=False)
+
+    def routers_only() -> None:
+        router._attention_mask = mask
+        for index, hidden in inputs.items():
+            router.routers[index](router._features(index, hidden))
+        router._attention_mask = None
+
+    try:
+        with torch.inference_mode(), router.routing(None):
+            quantized.set_precision(router.precisions[-1])
+            model_forward()  # fills inputs
+            for handle in handles:
+                handle.remove()
+            timings = {}
+            for name, work in (("model", model_forward), ("router", routers_only)):
+                work()
+                runs = []
+                for _ in range(5):
+                    begin = time.perf_counter()
+                    work()
+                    runs.append(time.perf_counter() - begin)
+                timings[name] = statistics.median(runs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        quantized.set_precision_map(saved)
+    flops = router.router_flops_share()
+    per_token = flops["router_flops_share"]
+    if router.router_config.granularity == "sequence":
+        per_token /= ids.shape[1]
+    return {
+        **flops,
+        "router_flops_share_per_token": per_token,
+        "router_seconds": timings["router"],
+        "model_seconds": timings["model"],
+        "router_time_share": timings["router"] / timings["model"],
+    }
+
+
+def comparison(
+    table: Any, budgets: list[float], cost: dict, sensitivity: Any, widths: list[int]
+) -> dict[str, Any]:
+    """Per budget: router vs the best static assignment (and the others) at realised bits."""
+    rows = {row["name"]: row for row in table.to_dict(orient="records")}
+
+    def at(name: str) -> dict | None:
+        return rows.get(name)
+
+    per_budget = []
+    for budget in budgets:
+        router, exact, greedy = (
+            at(f"router_b{budget:g}"),
+            at(f"static_exact_b{budget:g}"),
+            at(f"static_greedy_b{budget:g}"),
+        )
+        half = at(f"static_exact_b{budget + 0.5:g}")
+        randoms = [r for n, r in rows.items() if n.startswith(f"random_b{budget:g}_")]
+        static_best = min(
+            (r for r in (exact, greedy) if r), key=lambda r: r["perplexity"], default=None
+        )
+        entry: dict[str, Any] = {
+            "budget": budget,
+            "router_perplexity": router["perplexity"] if router else None,
+            "router_mean_bits": router["mean_bits"] if router else None,
+            "router_bits_per_byte": router["bits_per_byte"] if router else None,
+            "static_exact_perplexity": exact["perplexity"] if exact else None,
+            "static_exact_mean_bits": exact["mean_bits"] if exact else None,
+            "static_greedy_perplexity": greedy["perplexity"] if greedy else None,
+            "best_static_perplexity": static_best["perplexity"] if static_best else None,
+            "best_random_perplexity": min((r["perplexity"] for r in randoms), default=None),
+            "static_half_bit_perplexity": half["perplexity"] if half else None,
+        }
+        if router and static_best:
+            entry["router_at_or_below_static"] = bool(
+                router["perplexity"] <= static_best["perplexity"]
+                and router["mean_bits"] <= static_best["mean_bits"] + 0.1
+            )
+        if router and exact and half and exact["perplexity"] > half["perplexity"]:
+            gap = exact["perplexity"] - half["perplexity"]
+            entry["gap_recovery"] = (exact["perplexity"] - router["perplexity"]) / gap
+        per_budget.append(entry)
+    recoveries = [e["gap_recovery"] for e in per_budget if e.get("gap_recovery") is not None]
+    verdicts = [e.get("router_at_or_below_static") for e in per_budget]
+    fp, lowest = at("fp"), at(f"uniform_{widths[0]}bit")
+    headline = (
+        {f"router_b{e['budget']:g}_perplexity": e["router_perplexity"] for e in per_budget}
+        | {f"router_b{e['budget']:g}_mean_bits": e["router_mean_bits"] for e in per_budget}
+        | {
+            "router_flops_share": cost["router_flops_share_per_token"],
+            "max_gap_recovery": max(recoveries) if recoveries else None,
+        }
+    )
+    return {
+        "per_budget": per_budget,
+        "router_beats_static_at_every_budget": bool(verdicts) and all(v is True for v in verdicts),
+        "max_gap_recovery": max(recoveries) if recoveries else None,
+        "fp_perplexity": fp["perplexity"] if fp else None,
+        "lowest_uniform_perplexity": lowest["perplexity"] if lowest else None,
+        "router_cost": cost,
+        "sensitivity": {"widths": widths, "per_layer": [list(map(float, r)) for r in sensitivity]},
+        "headline": {k: v for k, v in headline.items() if v is not None and not _nan(v)},
+        "definitions": {
+            "mean_bits": "parameter-weighted mean weight width over the decoder blocks' quantized "
+            "linears (scales not counted), realised on the evaluation data for the router",
+            "gap_recovery": "(ppl static_exact(b) - ppl router(b)) / (ppl static_exact(b) - "
+            "ppl static_exact(b + 0.5))",
+            "speed_kind": "simulated: fake-quantized weights; no packed kernel for a per-layer mix",
+        },
+    }
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def pareto_figure(table: Any) -> Any:
+    """Left: perplexity against mean bits, every method (full precision as a line). Right: the
+    router's per-layer bit histogram at each budget (share of decisions at each width)."""
+    import json
+
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(13, 4.5))
+    axes, bars = figure.subplots(1, 2)
+    for kind, (marker, colour) in KIND_STYLE.items():
+        rows = table[table["kind"] == kind].sort_values("mean_bits")
+        if rows.empty:
+            continue
+        if kind == "fp":
+            axes.axhline(float(rows["perplexity"].iloc[0]), color=colour, ls=":", label="fp")
+            continue
+        line = "-" if kind in ("router", "static_exact", "uniform") else ""
+        axes.plot(
+            rows["mean_bits"], rows["perplexity"], marker=marker, ls=line, color=colour, label=kind
+        )
+    axes.set_xlabel("mean bits (parameter-weighted, realised)")
+    axes.set_ylabel("perplexity")
+    axes.set_yscale("log")
+    axes.set_title("precision router vs static widths")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    routers = table[table["kind"] == "router"]
+    offset = 0
+    for _, row in routers.iterrows():
+        histogram = json.loads(row["bit_histogram"])  # per layer {width: share}
+        widths = sorted(histogram[0], key=float) if histogram else []
+        bottom = [0.0] * len(histogram)
+        positions = [offset + layer for layer in range(len(histogram))]
+        for index, width in enumerate(widths):
+            shares = [layer[width] for layer in histogram]
+            colour = f"C{index}"
+            label = f"{width} bits" if offset == 0 else None
+            bars.bar(positions, shares, bottom=bottom, color=colour, label=label)
+            bottom = [b + s for b, s in zip(bottom, shares, strict=True)]
+        bars.text(offset + (len(histogram) - 1) / 2, 1.02, row["name"], ha="center", fontsize=7)
+        offset += len(histogram) + 1
+    bars.set_ylim(0, 1.1)
+    bars.set_xlabel("decoder block, per router budget")
+    bars.set_ylabel("share of decisions")
+    bars.set_title("router: per-layer bit histogram")
+    if not routers.empty:
+        bars.legend(fontsize=7)
+    return figure
+
+
+def _log(table: Any, results: dict) -> None:
+    from router_pipelines.tracking import log_metrics
+
+    metrics = {}
+    for row in table.to_dict(orient="records"):
+        for key in ("perplexity", "bits_per_byte", "mean_bits"):
+            value = row.get(key)
+            if value is not None and not _nan(value):
+                metrics[f"eval/{row['name']}/{key}"] = float(value)
+    metrics.update({f"headline/{k}": float(v) for k, v in results["headline"].items()})
+    log_metrics(metrics)

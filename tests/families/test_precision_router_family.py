@@ -1,0 +1,173 @@
+"""The precision-router family: loss, static allocators, budget calibration, settings."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_gpt2
+
+from router_pipelines.config import config_from_dict
+from router_pipelines.families.precision_router import (
+    RouterAtBudget,
+    RouterEvalConfig,
+    RouterLossConfig,
+    StaticWidths,
+    allocate_exact,
+    allocate_greedy,
+    calibrate_price,
+    layer_sensitivities,
+    make_router_loss,
+    mean_bits,
+    precision_loss,
+    random_assignments,
+    realised_bits,
+)
+from router_pipelines.models.precision_router import LayerwiseQuantizeForCausalLM, RouterConfig
+from router_pipelines.models.ptq import post_training_quantize
+
+WIDTHS = [2, 4, 8]
+
+
+def _batches(count: int, seed: int, rows: int = 4, length: int = 24) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(0, 128, (rows, length), generator=generator)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})
+    return batches
+
+
+def _router(granularity: str = "token", n_layer: int = 2) -> LayerwiseQuantizeForCausalLM:
+    torch.manual_seed(0)
+    quantized = post_training_quantize(tiny_gpt2(n_layer=n_layer), WIDTHS, _batches(1, 9))
+    router = LayerwiseQuantizeForCausalLM(quantized, RouterConfig(granularity=granularity))
+    with torch.no_grad():  # a spread of logits, as a trained router has
+        for parameter in router.routers.parameters():
+            parameter.normal_(0, 1.0)
+    return router
+
+
+def _brute_force(sensitivity, params, widths, budget):
+    best = None
+    for config in itertools.product(range(len(widths)), repeat=len(params)):
+        bits = [widths[c] for c in config]
+        if mean_bits(bits, params) > budget + 1e-9:
+            continue
+        value = sum(sensitivity[layer, c] for layer, c in enumerate(config))
+        if best is None or value < best[0] - 1e-12:
+            best = (value, bits)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_exact_allocator_matches_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n_layer = 4
+    widths = [2, 3, 4, 6, 8]
+    # decreasing with width, like measured sensitivities; unequal layer sizes in half the cases
+    sensitivity = np.sort(rng.exponential(1.0, (n_layer, len(widths))), axis=1)[:, ::-1].copy()
+    sensitivity[:, -1] = 0
+    params = [1024] * n_layer if seed % 2 else [1024, 3072, 2048, 1024]
+    for budget in (2.0, 3.3, 4.0, 5.5, 7.9):
+        exact = allocate_exact(sensitivity, params, widths, budget)
+        value, _ = _brute_force(sensitivity, params, widths, budget)
+        assert mean_bits(exact, params) <= budget + 1e-9
+        found = sum(sensitivity[i, widths.index(b)] for i, b in enumerate(exact))
+        assert found == pytest.approx(value, abs=1e-12)
+        greedy = allocate_greedy(sensitivity, params, widths, budget)
+        assert mean_bits(greedy, params) <= budget + 1e-9
+        greedy_value = sum(sensitivity[i, widths.index(b)] for i, b in enumerate(greedy))
+        assert greedy_value >= value - 1e-12
+    assert allocate_exact(sensitivity, params, widths, 1.5) is None
+
+
+def test_exact_allocator_matches_brute_force_on_a_tiny_model():
+    router = _router(n_layer=3)
+    sensitivity = layer_sensitivities(router, _batches(2, 3))
+    assert sensitivity.shape == (3, 3) and (sensitivity[:, -1] == 0).all()
+    params = [int(p) for p in router.layer_params.tolist()]
+    for budget in (3.0, 4.0, 5.0, 6.0):
+        exact = allocate_exact(sensitivity, params, WIDTHS, budget)
+        assert exact == _brute_force(sensitivity, params, WIDTHS, budget)[1]
+
+
+def test_random_assignments_stay_within_budget_and_are_seeded():
+    params = [10, 10, 20]
+    first = random_assignments(3, params, WIDTHS, 4.0, 3, seed=1)
+    assert first == random_assignments(3, params, WIDTHS, 4.0, 3, seed=1)
+    assert len(first) == 3 and all(mean_bits(c, params) <= 4.0 for c in first)
+
+
+@pytest.mark.parametrize("granularity", ["token", "sequence"])
+def test_budget_calibration_holds_on_held_out_data(granularity):
+    router = _router(granularity)
+    # per sequence, each row is one decision per layer: enough rows keep the sampling noise
+    # of the realised mean (about 1.5 bits / sqrt(rows)) well inside the 0.1-bit tolerance
+    rows, length = (4, 24) if granularity == "token" else (128, 8)
+    calibration = _batches(4, seed=11, rows=rows, length=length)
+    held_out = _batches(4, seed=12, rows=rows, length=length)
+    prices = []
+    for budget in (3.0, 4.0, 5.0, 6.0):
+        price, calibrated = calibrate_price(router, calibration, budget)
+        assert abs(calibrated - budget) <= 0.1
+        assert abs(realised_bits(router, held_out, price) - budget) <= 0.1, budget
+        prices.append(price)
+    assert prices == sorted(prices, reverse=True)  # more bits, lower price
+
+
+def test_precision_loss_is_normalised_and_target_mode_is_quadratic():
+    config = RouterLossConfig()
+    assert float(precision_loss(torch.tensor(2.0), WIDTHS, config)) == 0
+    assert float(precision_loss(torch.tensor(8.0), WIDTHS, config)) == pytest.approx(5.0)
+    target = RouterLossConfig(target_bits=4.0, target_weight=0.5)
+    assert float(precision_loss(torch.tensor(6.0), WIDTHS, target)) == pytest.approx(2.0)
+
+
+def test_loss_weights_are_checked():
+    with pytest.raises(ValueError, match="weight_ce"):
+        RouterLossConfig(weight_ce=-0.1)
+    with pytest.raises(ValueError, match="both are 0"):
+        RouterLossConfig(weight_ce=0.0, weight_precision=0.0)
+
+
+def test_router_loss_reports_the_seed_metrics_and_trains_the_router():
+    router = _router("token")
+    loss_fn = make_router_loss(RouterLossConfig())
+    batch = _batches(1, 5)[0]
+    loss, metrics = loss_fn(router, batch, 0)
+    expected = 0.7 * metrics["ce"] + 0.3 * metrics["precision_loss"]
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+    assert {"ce", "precision_loss", "avg_precision", "layer_0_bits", "layer_1_bits"} <= set(metrics)
+    assert 2 <= float(metrics["avg_precision"]) <= 8
+    loss.backward()
+    assert all(p.grad is not None for p in router.router_parameters())
+    hard_loss, hard_metrics = make_router_loss(RouterLossConfig(), hard=True)(router, batch, 0)
+    assert math.isfinite(float(hard_loss)) and "avg_precision" in hard_metrics
+
+
+def test_settings_apply_restore_and_report_realised_bits():
+    from router_pipelines.evaluation import evaluate_settings
+
+    router = _router("token")
+    dataset = [{k: v[i] for k, v in b.items()} for b in _batches(2, 4) for i in range(4)]
+    params = router.layer_params.tolist()
+    price, _ = calibrate_price(router, _batches(2, 6), 5.0)
+    settings = [
+        StaticWidths("uniform_2bit", "uniform", (2, 2)),
+        StaticWidths("fp", "fp", None),
+        StaticWidths("exact_b4", "static_exact", (2, 8), budget=4.0),
+        RouterAtBudget("router_b5", 5.0, price, 5.0),
+    ]
+    before = router.quantized.precision_map()
+    config = config_from_dict(RouterEvalConfig, {"speed": {"enabled": False}}, "evaluation")
+    table = evaluate_settings(router, settings, dataset, config).set_index("name")
+    assert router.quantized.precision_map() == before and router.mode is None
+    assert table.loc["uniform_2bit", "mean_bits"] == 2.0
+    assert table.loc["exact_b4", "mean_bits"] == mean_bits((2, 8), params)
+    assert table.loc["fp", "perplexity"] < table.loc["uniform_2bit", "perplexity"]
+    assert abs(table.loc["router_b5", "mean_bits"] - 5.0) < 0.5
+    assert table.loc["router_b5", "speed_kind"] == "not_measured"

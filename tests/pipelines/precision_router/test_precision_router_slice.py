@@ -1,0 +1,178 @@
+"""The precision-router part of the DAG on an in-memory catalog: multi-precision model (ptq
+and the switchable model) → router training → evaluation at budgets."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from router_pipelines.data.token_store import TokenBlocks
+from router_pipelines.models.bundle import ModelBundle
+from router_pipelines.models.precision_router import LayerwiseQuantizeForCausalLM
+from router_pipelines.models.switchable import SwitchableConfig, SwitchableLM
+from router_pipelines.pipelines.precision_router import create_pipeline
+from router_pipelines.serving.precision_router import routed_continuations
+
+CONF = Path(__file__).resolve().parents[3] / "conf"
+SEQ_LEN, VOCAB = 16, 64
+NODES = (
+    "precision_router.provide_multi_precision_model",
+    "precision_router.train_router",
+    "precision_router.evaluate_router",
+)
+OUTPUTS = (
+    "precision_router.model",
+    "precision_router.training_summary",
+    "precision_router.training_history",
+    "precision_router.evaluation",
+    "precision_router.router_results",
+)
+
+
+class KeptDataset(MemoryDataset):
+    def _release(self) -> None:
+        pass
+
+
+def _params(tmp_path: Path) -> dict:
+    params = yaml.safe_load((CONF / "base/parameters_precision_router.yml").read_text())
+    params = copy.deepcopy(params["precision_router"])
+    params["training"].update(
+        output_dir=str(tmp_path / "ckpt"),
+        num_examples=16,
+        batch_size=4,
+        num_epochs=2,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        eval_max_batches=2,
+        progress_bar=False,
+    )
+    params["evaluation"].update(
+        budgets=[3, 5], random_per_budget=1, calibration_examples=8, max_batches=2
+    )
+    params["quantized"].update(bit_widths=[2, 4, 8], calibration_examples=4)
+    return params
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {f"t{i}": i for i in range(VOCAB)}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), pad_token="t0"
+    )
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer
+
+
+def _base() -> ModelBundle:
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, n_inner=64, vocab_size=VOCAB, n_positions=32
+    )
+    return ModelBundle(GPT2LMHeadModel(config).eval(), _tokenizer(), {"family": "causal_lm"})
+
+
+def _tokens(n: int, seed: int) -> TokenBlocks:
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, VOCAB, size=n)
+    rows = (starts[:, None] + np.arange(SEQ_LEN)[None, :]) % VOCAB
+    return TokenBlocks.from_arrays(rows, fingerprint=f"counting-{n}-{seed}")
+
+
+def _run(params: dict, switchable: ModelBundle | None = None) -> dict:
+    catalog = DataCatalog({name: KeptDataset() for name in OUTPUTS})
+    base = _base()
+    catalog["pretrain.model"] = base
+    catalog["switchable.model"] = switchable
+    catalog["tokenizer"] = base.tokenizer
+    catalog["train_tokens"] = _tokens(32, seed=1)
+    catalog["validation_tokens"] = _tokens(8, seed=2)
+    for group, values in params.items():
+        catalog[f"params:precision_router.{group}"] = values
+    SequentialRunner().run(create_pipeline().only_nodes(*NODES), catalog)
+    return {name.removeprefix("precision_router."): catalog[name].load() for name in OUTPUTS}
+
+
+def test_ptq_slice_trains_the_router_only_and_compares_every_method(tmp_path):
+    params = _params(tmp_path)
+    params["quantized"]["source"] = "ptq"
+    out = _run(params)
+    router = out["model"].model
+    assert (
+        isinstance(router, LayerwiseQuantizeForCausalLM)
+        and out["model"].family == "precision_router"
+    )
+    summary = out["training_summary"]
+    assert summary["global_step"] == 2 * (16 // 4)  # num_epochs * num_examples // batch_size
+    assert summary["trainable_parameters"] == sum(p.numel() for p in router.router_parameters())
+    assert summary["precisions"] == [2, 4, 8] and summary["quantized_source"] == "ptq"
+    # a checkpoint per epoch, router weights only, and the best router by validation loss
+    run_dir = Path(summary["run_dir"])
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    assert (run_dir / "best" / "model.safetensors").is_file()
+    history = out["training_history"]
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    assert {"train_ce", "train_precision_loss", "train_avg_precision", "eval_loss"} <= set(
+        history["epochs"][0]
+    )
+    assert [s for s, _ in history["steps"]["train_layer_0_bits"]] == list(range(1, 9))
+
+    table = out["evaluation"].set_index("name")
+    kinds = set(table["kind"])
+    assert {"fp", "uniform", "static_exact", "static_greedy", "random", "router"} <= kinds
+    assert table.loc["uniform_2bit", "mean_bits"] == 2 and table.loc["fp", "mean_bits"] == 16
+    for budget in (3, 5):
+        assert table.loc[f"static_exact_b{budget}", "mean_bits"] <= budget
+        histogram = json.loads(table.loc[f"router_b{budget}", "bit_histogram"])
+        assert len(histogram) == 2 and all(sum(h.values()) == pytest.approx(1) for h in histogram)
+    assert np.isfinite(table["perplexity"]).all() and np.isfinite(table["bits_per_byte"]).all()
+    results = out["router_results"]
+    assert [entry["budget"] for entry in results["per_budget"]] == [3.0, 5.0]
+    assert 0 < results["router_cost"]["router_flops_share"] < 1
+    assert results["router_cost"]["router_time_share"] > 0
+    assert "router_b3_perplexity" in results["headline"]
+
+    # what the registered pyfunc returns: the continuation and the widths used per layer
+    served = routed_continuations(out["model"], ["t1 t2 t3", "t9"], 3, price=0.0)
+    assert list(served.columns) == ["continuation", "bits_per_layer", "mean_bits"]
+    for bits, mean in zip(served["bits_per_layer"], served["mean_bits"], strict=True):
+        layers = json.loads(bits)
+        assert len(layers) == 2 and all(b in (2, 4, 8) for b in layers)  # one width per sequence
+        assert mean == pytest.approx(sum(layers) / 2)  # equal-sized blocks
+    lowest = routed_continuations(out["model"], ["t1 t2 t3"], 3, price=1e6)
+    assert json.loads(lowest["bits_per_layer"][0]) == [2, 2]
+
+
+def test_switchable_source_routes_the_switchable_model_without_changing_it(tmp_path):
+    params = _params(tmp_path)
+    base = _base()
+    switchable = SwitchableLM.from_base(
+        copy.deepcopy(base.model), SwitchableConfig(bit_widths=[2, 4, 8])
+    )
+    batch = torch.arange(SEQ_LEN)[None, :] % VOCAB
+    switchable.initialize_quantizers(batch)
+    before = {k: v.clone() for k, v in switchable.state_dict().items()}
+    bundle = ModelBundle(switchable, base.tokenizer, {"family": "switchable"})
+    out = _run(params, bundle)
+    after = switchable.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the input model untouched
+    assert not any(type(m).__name__ == "RoutedQuantLinear" for m in switchable.modules())
+    assert out["training_summary"]["quantized_source"] == "switchable"
+
+
+def test_num_examples_larger_than_the_data_stops_before_training(tmp_path):
+    params = _params(tmp_path)
+    params["quantized"]["source"] = "ptq"
+    params["training"]["num_examples"] = 40
+    with pytest.raises(Exception, match=r"num_examples: 40 .* larger than the 32 training rows"):
+        _run(params)
+    assert not (tmp_path / "ckpt").exists(), "nothing was trained or written"
