@@ -1,0 +1,261 @@
+"""Nodes of the ``query_router`` namespace (seed 004): queries, measured outcomes, router SFT.
+
+Heavy libraries are imported inside the nodes, so listing or validating pipelines stays fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from typing import Any
+
+from router_pipelines.pipelines.common import history_figure, thin_history, trained_summary
+from router_pipelines.pipelines.query_router.config import (
+    parse_query_router_params,
+    resolve_ladder,
+    rung_name,
+)
+
+logger = logging.getLogger(__name__)
+
+FAMILY = "query_router"
+
+
+def cut_router_queries(validation_tokens: Any, queries_params: dict[str, Any]) -> Any:
+    """Queries (prompt + held-out reference windows) from the validation blocks, split by block
+    into train / calibration / test."""
+    from router_pipelines.families.query_router import cut_queries
+
+    config = parse_query_router_params({"queries": queries_params}).queries
+    return cut_queries(validation_tokens.input_ids, validation_tokens.attention_mask, config)
+
+
+def switchable_rungs(switchable_model: Any, ladder: list[Any]) -> list[Any]:
+    """The ladder as :class:`Rung` s of one switchable model, one weight width each."""
+    from router_pipelines.families.query_router import Rung
+    from router_pipelines.families.switchable.bits import bit_report
+
+    model = switchable_model.model
+    widths = resolve_ladder(ladder, list(model.switchable_config.bit_widths))
+    rungs = []
+    for width in widths:
+        bits = None if width == "fp" else int(width)
+        model.set_precision(bits)
+        rungs.append(
+            Rung(
+                rung_name(width),
+                model,
+                switchable_model.tokenizer,
+                prepare=lambda bits=bits: model.set_precision(bits),
+                weight_bytes=int(bit_report(model)["weight_bytes"]),
+            )
+        )
+    model.set_precision(None)
+    return rungs
+
+
+def measure_outcomes(queries: Any, switchable_model: Any, outcomes_params: dict[str, Any]) -> Any:
+    """Quality and measured cost of every rung of the ladder on every query, and the labels.
+
+    Returns:
+        One row per query: ``question`` and ``reference`` text, ``quality_/token_accuracy_/
+        seconds_/bytes_<rung>``, ``gap_/label_<rung>`` below the strongest, ``cheap_*`` /
+        ``strong_*`` columns and ``label`` (the cheap model's score, 1..5).
+    """
+    from router_pipelines.families.query_router import add_labels, add_question_text, score_rungs
+    from router_pipelines.tracking import log_metrics
+
+    config = parse_query_router_params({"outcomes": outcomes_params}).outcomes
+    rungs = switchable_rungs(switchable_model, config.ladder)
+    scored = score_rungs(queries, rungs, warmup=config.warmup)
+    switchable_model.model.set_precision(None)
+    outcomes, edges = add_labels(scored, [r.name for r in rungs], config.label_quantiles)
+    outcomes = add_question_text(outcomes, switchable_model.tokenizer)
+    outcomes["label_edges"] = [list(map(float, edges))] * len(outcomes)
+    metrics = {
+        f"{kind}_{r.name}": float(outcomes[f"{kind}_{r.name}"].mean())
+        for r in rungs
+        for kind in ("quality", "seconds", "bytes")
+    }
+    log_metrics({"queries": len(outcomes), **metrics})
+    logger.info("Outcomes of %d queries on %s", len(outcomes), [r.name for r in rungs])
+    return outcomes
+
+
+def router_prompts(outcomes: Any, params: Any, rungs: list[str]) -> tuple[list[str], list[int]]:
+    """Prompts and labels of ``outcomes`` rows: one per row for two models (the cheap model's
+    label, the seed's format); one per row and rung below the strongest for a ladder."""
+    from router_pipelines.families.query_router import router_prompt
+
+    with_model = len(rungs) > 2
+    prompts, labels = [], []
+    for name in rungs[:-1]:
+        for question, label in zip(outcomes["question"], outcomes[f"label_{name}"], strict=True):
+            prompts.append(router_prompt(question, params.prompt, name if with_model else None))
+            labels.append(int(label))
+    return prompts, labels
+
+
+def ladder_names(outcomes: Any) -> list[str]:
+    """The rung names of an outcomes table, cheapest first (from its ``quality_*`` columns)."""
+    return [c.removeprefix("quality_") for c in outcomes.columns if c.startswith("quality_")]
+
+
+def train_router(
+    outcomes: Any,
+    base_model: Any,
+    prompt_params: dict[str, Any],
+    router_params: dict[str, Any],
+    data_params: dict[str, Any],
+    training_params: dict[str, Any],
+) -> tuple[Any, dict[str, Any], Any]:
+    """Fine-tune the router to answer ``[[1]]``..``[[5]]`` (loss on the label token only).
+
+    Training examples: the training split's measured labels (or the seed's JSONL with
+    ``query_router.data.jsonl_path``, split 90/10 with seed 42); the engine's eval set: the
+    calibration split (the seed JSONL's 10%). ``num_train_epochs`` sets ``max_steps``; an
+    evaluation and a checkpoint close every epoch.
+
+    Returns:
+        The router bundle (family ``query_router``), a training summary and the loss figure.
+    """
+    from router_pipelines.families.query_router import (
+        RouterExamples,
+        make_router_loss,
+        read_seed_records,
+        seed_record_text,
+        seed_split,
+    )
+    from router_pipelines.model_source import IDENTITY_KEY, ModelIdentity
+    from router_pipelines.models.bundle import ModelBundle
+    from router_pipelines.models.query_router import LABEL_TOKENS, add_label_tokens
+    from router_pipelines.tracking import metric_logger
+    from router_pipelines.training import Trainer, result_affecting_fields
+
+    params = parse_query_router_params(
+        {
+            "prompt": prompt_params,
+            "router": router_params,
+            "data": data_params,
+            "training": training_params,
+        }
+    )
+    model, tokenizer, base_name = _router_base(base_model, params)
+    label_ids = add_label_tokens(model, tokenizer)
+    positions = _positions(model)
+    rungs = ladder_names(outcomes)
+    if params.data.jsonl_path:
+        records = read_seed_records(
+            params.data.jsonl_path, params.data.n_sample, params.data.random_state
+        )
+        train_rows, eval_rows = seed_split(records, params.data.test_size, params.data.split_seed)
+        train_set = RouterExamples(
+            [seed_record_text(r) for _, r in train_rows.iterrows()],
+            train_rows["score"].tolist(),
+            tokenizer,
+            positions,
+        )
+        eval_set = RouterExamples(
+            [seed_record_text(r) for _, r in eval_rows.iterrows()],
+            eval_rows["score"].tolist(),
+            tokenizer,
+            positions,
+        )
+        source = {"jsonl": params.data.jsonl_path, "records": len(records)}
+    else:
+        train_set = RouterExamples(
+            *router_prompts(outcomes[outcomes["split"] == "train"], params, rungs),
+            tokenizer,
+            positions,
+        )
+        eval_set = RouterExamples(
+            *router_prompts(outcomes[outcomes["split"] == "calibration"], params, rungs),
+            tokenizer,
+            positions,
+        )
+        source = {"measured": rungs}
+    training = _epoch_schedule(params.training, len(train_set))
+    identity = ModelIdentity(
+        {
+            "family": FAMILY,
+            "base": base_name,
+            "prompt": dataclasses.asdict(params.prompt),
+            "labels": source,
+            "training": result_affecting_fields(training),
+        }
+    )
+    trainer = Trainer(
+        model,
+        make_router_loss(label_ids),
+        train_set,
+        eval_set,
+        config=training,
+        log_fn=metric_logger(),
+        run_config={k: v for k, v in identity.inputs.items() if k != "training"},
+    )
+    result = trainer.train()
+    summary = trained_summary(
+        result,
+        identity,
+        examples=len(train_set),
+        eval_examples=len(eval_set),
+        epochs=training.num_train_epochs,
+        label_source=source,
+    )
+    logger.info("Query router trained: %s", summary)
+    bundle = ModelBundle(
+        model=result.model.cpu(),
+        tokenizer=tokenizer,
+        metadata={
+            "family": FAMILY,
+            "training": summary,
+            "label_tokens": list(LABEL_TOKENS),
+            "label_token_ids": label_ids,
+            "prompt": dataclasses.asdict(params.prompt),
+            "ladder": rungs,
+            IDENTITY_KEY: identity.to_metadata(),
+            "history": thin_history(result.history),
+        },
+    )
+    return bundle, summary, history_figure(bundle.metadata, "query router (label-token SFT)")
+
+
+def _router_base(base_model: Any, params: Any) -> tuple[Any, Any, str]:
+    """A copy of the project's base LM (or the named causal LM) and its tokenizer."""
+    if params.router.name_or_path is None:
+        from router_pipelines.model_source import fingerprint_of
+
+        model = copy.deepcopy(base_model.model)
+        model.requires_grad_(True)
+        name = fingerprint_of(base_model.metadata) or "pretrain.model"
+        return model, copy.deepcopy(base_model.tokenizer), name
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = params.router.name_or_path
+    trust = params.router.trust_remote_code
+    model = AutoModelForCausalLM.from_pretrained(where, trust_remote_code=trust)
+    tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, where
+
+
+def _positions(model: Any) -> int:
+    config = model.config
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if value:
+            return int(value)
+    return 1 << 20
+
+
+def _epoch_schedule(training: Any, n_examples: int) -> Any:
+    """``max_steps`` from ``num_train_epochs``; eval and checkpoint every epoch if asked."""
+    per_step = training.batch_size * training.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(n_examples / per_step))
+    changes: dict[str, Any] = {"max_steps": steps_per_epoch * training.num_train_epochs}
+    if training.eval_and_save_every_epoch:
+        changes.update(eval_steps=steps_per_epoch, save_steps=steps_per_epoch)
+    return dataclasses.replace(training, **changes)

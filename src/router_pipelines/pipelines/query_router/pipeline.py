@@ -1,0 +1,74 @@
+"""Wiring of the ``query_router`` namespace (seed 004): route queries between cheap and strong."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Node, Pipeline
+
+from router_pipelines.pipelines.query_router.evaluation_nodes import (
+    evaluate_router,
+    register_router,
+)
+from router_pipelines.pipelines.query_router.nodes import (
+    cut_router_queries,
+    measure_outcomes,
+    train_router,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """The ``query_router`` namespace, reading ``switchable.model`` (the cheap and strong
+    models: its widths), ``pretrain.model`` (the router's base LM) and ``validation_tokens``."""
+    nodes = [
+        Node(
+            cut_router_queries,
+            ["validation_tokens", "params:queries"],
+            "queries",
+            name="cut_router_queries",
+        ),
+        Node(
+            measure_outcomes,
+            ["queries", "switchable_model", "params:outcomes"],
+            "outcomes",
+            name="measure_outcomes",
+        ),
+        Node(
+            train_router,
+            [
+                "outcomes",
+                "base_model",
+                "params:prompt",
+                "params:router",
+                "params:data",
+                "params:training",
+            ],
+            ["model", "training_summary", "loss_curve"],
+            name="train_router",
+        ),
+        Node(
+            evaluate_router,
+            ["model", "outcomes", "params:prompt", "params:outcomes", "params:evaluation"],
+            ["evaluation", "routing_plot", "routing_metrics"],
+            name="evaluate_router",
+        ),
+        Node(
+            register_router,
+            [
+                "model",
+                "switchable_model",
+                "routing_metrics",
+                "training_summary",
+                "params:register",
+            ],
+            "registration",
+            name="register_router",
+        ),
+    ]
+    return Pipeline(
+        nodes,
+        namespace="query_router",
+        inputs={
+            "switchable_model": "switchable.model",
+            "base_model": "pretrain.model",
+            "validation_tokens": "validation_tokens",
+        },
+    )

@@ -1,0 +1,93 @@
+"""pyfunc wrapper of the routed LM (seed 004): each query is routed by the query router, then
+answered by the chosen width of the switchable model; the answer, the model used and its
+measured cost come back::
+
+    lm = mlflow.pyfunc.load_model("models:/routed_lm/latest")
+    lm.predict(["The json module"], params={"max_new_tokens": 20, "target_share": 0.3})
+    #    answer  model  p_strong  seconds  bytes
+
+``seconds`` is the wall time of the generation on the serving machine, ``bytes`` the weight
+bytes read for it (the chosen width's packed weight bytes per generated token). The artifacts
+are the switchable model (``model``), the router folder (``router``) and ``routing.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.models import ModelSignature, infer_signature, set_model
+from mlflow.pyfunc import PythonModel
+
+from router_pipelines.models.bundle import load_bundle
+from router_pipelines.serving.generation import (
+    DEFAULT_MAX_NEW_TOKENS,
+    check_max_new_tokens,
+    greedy_continuations,
+    prompts_from,
+)
+from router_pipelines.serving.query_router import load_routing, route_questions
+
+PARAMS: dict[str, Any] = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "target_share": -1.0}
+
+
+def signature() -> ModelSignature:
+    import pandas as pd
+
+    example = pd.DataFrame(
+        [{"answer": "text", "model": "2bit", "p_strong": 0.4, "seconds": 0.01, "bytes": 1.0}]
+    )
+    return infer_signature(["a query"], example, params=PARAMS)
+
+
+def width_of(name: str) -> int | None:
+    return None if name == "fp" else int(name.removesuffix("bit"))
+
+
+class RoutedLMModel(PythonModel):
+    """Route, then generate greedily with the chosen width."""
+
+    def load_context(self, context: Any) -> None:
+        self.bundle = load_bundle(Path(context.artifacts["model"]))
+        self.bundle.model.eval()
+        self.router = load_bundle(Path(context.artifacts["router"]))
+        self.router.model.eval()
+        self.routing = load_routing(context.artifacts["routing"])
+
+    def predict(self, context, model_input, params=None):
+        from router_pipelines.families.switchable.bits import bit_report
+
+        params = params or {}
+        max_new_tokens = check_max_new_tokens(
+            params.get("max_new_tokens", PARAMS["max_new_tokens"])
+        )
+        queries = prompts_from(model_input)
+        routes = route_questions(
+            self.router, self.routing, queries, params.get("target_share", PARAMS["target_share"])
+        )
+        rows = []
+        model = self.bundle.model
+        for query, name, strong in zip(queries, routes["model"], routes["p_strong"], strict=True):
+            model.set_precision(width_of(name))
+            start = time.perf_counter()
+            answer = greedy_continuations(self.bundle, [query], max_new_tokens)[0]
+            seconds = time.perf_counter() - start
+            new_tokens = len(self.bundle.tokenizer.encode(answer, add_special_tokens=False))
+            weight_bytes = float(bit_report(model)["weight_bytes"])
+            rows.append(
+                {
+                    "answer": answer,
+                    "model": name,
+                    "p_strong": float(strong),
+                    "seconds": seconds,
+                    "bytes": weight_bytes * max(new_tokens, 1),
+                }
+            )
+        model.set_precision(None)
+        import pandas as pd
+
+        return pd.DataFrame(rows)
+
+
+set_model(RoutedLMModel())

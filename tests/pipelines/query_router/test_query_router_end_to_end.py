@@ -1,0 +1,91 @@
+"""`kedro run --env=debug --pipeline=query_router` in a throw-away project copy, then both
+registered pyfuncs loaded and called as a user would."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from project_copy import copy_project
+
+pytestmark = pytest.mark.slow
+
+REPORTS = Path("data/08_reporting/debug/query_router")
+OUTPUT = Path("data/07_model_output/debug/query_router")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e_query_router") / "project"
+    copy_project(root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        bootstrap_project(root)
+        with KedroSession.create(project_path=root, env="debug") as session:
+            session.run(pipeline_names=["query_router"])
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        yield root, mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+
+
+def test_run_writes_outcomes_curves_and_registers_both_models(finished_run):
+    root, client = finished_run
+    outcomes = pd.read_parquet(root / OUTPUT / "outcomes.parquet")
+    assert len(outcomes) == 300  # conf/debug: max_queries
+    for rung in ("2bit", "4bit", "8bit"):
+        assert {f"quality_{rung}", f"seconds_{rung}", f"bytes_{rung}"} <= set(outcomes.columns)
+    assert outcomes["label"].between(1, 5).all() and outcomes["question"].str.len().min() > 0
+    curves = pd.read_parquet(root / OUTPUT / "evaluation.parquet")
+    assert {"router", "random", "oracle", "uncertainty", "ladder_router", "ladder_oracle"} == set(
+        curves["router"]
+    )
+    assert (root / REPORTS / "routing_curves.png").stat().st_size > 1000
+    document = json.loads((root / REPORTS / "routing_metrics.json").read_text())
+    metrics = document["metrics"]
+    assert metrics["oracle_apgr"] >= metrics["random_apgr"]
+    registration = json.loads((root / REPORTS / "registration.json").read_text())
+    assert registration["registered"] and registration["name"] == "query_router_debug"
+    assert set(registration["metrics"]) == {
+        "router_apgr",
+        "router_cpt_50",
+        "oracle_apgr",
+        "oracle_cpt_50",
+    }
+    version = client.get_model_version("query_router_debug", registration["version"])
+    assert float(version.tags["router_apgr"]) == pytest.approx(metrics["router_apgr"])
+    assert registration["routed_lm"]["name"] == "routed_lm_debug"
+    run = client.get_run(registration["run_id"])
+    assert "query_router/router_apgr" in run.data.metrics
+    assert "query_router/train_loss" in run.data.metrics
+
+
+def test_registered_query_router_predicts_scores_and_routes(finished_run):
+    router = mlflow.pyfunc.load_model("models:/query_router_debug/latest")
+    table = router.predict(["The json module", "def f(x):"])
+    assert list(table.columns)[:5] == ["p_1", "p_2", "p_3", "p_4", "p_5"]
+    sums = table[["p_1", "p_2", "p_3", "p_4", "p_5"]].sum(axis=1)
+    assert sums.round(5).tolist() == [1.0, 1.0]
+    assert (table["p_strong"] - (1 - table["p_4"] - table["p_5"])).abs().max() < 1e-6
+    assert set(table["model"]) <= {"2bit", "8bit"}
+    all_strong = router.predict(["The json module"], params={"target_share": 1.0})
+    assert all_strong["route"].tolist() == ["strong"]
+    none_strong = router.predict(["The json module"], params={"target_share": 0.0})
+    assert none_strong["route"].tolist() == ["cheap"]
+
+
+def test_registered_routed_lm_answers_with_the_chosen_model(finished_run):
+    lm = mlflow.pyfunc.load_model("models:/routed_lm_debug/latest")
+    table = lm.predict(["The json module"], params={"max_new_tokens": 4, "target_share": 1.0})
+    assert table["model"].tolist() == ["8bit"]
+    assert isinstance(table["answer"][0], str) and table["seconds"][0] > 0
+    cheap = lm.predict(["The json module"], params={"max_new_tokens": 4, "target_share": 0.0})
+    assert cheap["model"].tolist() == ["2bit"] and cheap["bytes"][0] < table["bytes"][0] * 1.01

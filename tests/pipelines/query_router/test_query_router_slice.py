@@ -1,0 +1,198 @@
+"""The query-router part of the DAG on an in-memory catalog: outcomes → router → evaluation."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from tiny_models import char_tokenizer, tiny_llama
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from router_pipelines.data.token_store import TokenBlocks
+from router_pipelines.models.bundle import ModelBundle, load_bundle, save_bundle
+from router_pipelines.models.query_router import label_token_ids
+from router_pipelines.models.switchable import SwitchableConfig, SwitchableLM
+from router_pipelines.pipelines.query_router import create_pipeline
+from router_pipelines.pipelines.query_router.config import parse_query_router_params
+
+CONF = Path(__file__).resolve().parents[3] / "conf"
+SEQ_LEN, VOCAB = 24, 48
+
+
+def _params(tmp_path: Path, **groups) -> dict:
+    params = yaml.safe_load((CONF / "base/parameters_query_router.yml").read_text())
+    params = copy.deepcopy(params["query_router"])
+    params["queries"].update(prompt_tokens=12, reference_tokens=8, window_stride=None)
+    params["prompt"]["system_instruction"] = "rate it"
+    params["training"].update(
+        output_dir=str(tmp_path / "ckpt"), num_train_epochs=2, batch_size=8, progress_bar=False
+    )
+    params["outcomes"]["warmup"] = 0
+    params["register"]["enabled"] = False
+    for group, values in groups.items():
+        params[group].update(values)
+    return params
+
+
+def _tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {f"t{i}": i for i in range(VOCAB)}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), pad_token="t0"
+    )
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def models_and_data():
+    torch.manual_seed(0)
+    tokenizer = _tokenizer()
+    config = GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, n_inner=64, vocab_size=VOCAB, n_positions=96
+    )
+    model = GPT2LMHeadModel(config)
+    rng = np.random.default_rng(2)
+    # Rows count up by a row-specific step (1 or 3): learnable, so 8 bits beat 2 bits.
+    steps = rng.choice([1, 3], size=200)
+    rows = (rng.integers(0, VOCAB, size=200)[:, None] + steps[:, None] * np.arange(SEQ_LEN)) % VOCAB
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    data = torch.tensor(rows[40:], dtype=torch.long)
+    for step in range(60):
+        batch = data[(step * 16) % 160 : (step * 16) % 160 + 16]
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    base = ModelBundle(model, tokenizer, {"family": "causal_lm"})
+    switchable = SwitchableLM.from_base(
+        copy.deepcopy(model), SwitchableConfig(bit_widths=[2, 4, 8], act_bits=None)
+    )
+    tokens = TokenBlocks.from_arrays(rows[:40], fingerprint="counting")
+    return base, ModelBundle(switchable, tokenizer, {"family": "switchable"}), tokens
+
+
+class KeptDataset(MemoryDataset):
+    def _release(self) -> None:
+        pass
+
+
+OUTPUTS = ("queries", "outcomes", "model", "training_summary", "evaluation", "routing_metrics")
+
+
+def _run(params: dict, models_and_data) -> dict:
+    base, switchable, tokens = models_and_data
+    catalog = DataCatalog({f"query_router.{name}": KeptDataset() for name in OUTPUTS})
+    catalog["pretrain.model"] = base
+    catalog["switchable.model"] = switchable
+    catalog["validation_tokens"] = tokens
+    for group, values in params.items():
+        catalog[f"params:query_router.{group}"] = values
+    parse_query_router_params(params)  # what the validation hook does first
+    pipeline = create_pipeline().to_nodes("query_router.evaluate_router")
+    SequentialRunner().run(pipeline, catalog)
+    return {name: catalog[f"query_router.{name}"].load() for name in OUTPUTS}
+
+
+def test_slice_measures_labels_trains_the_router_and_evaluates(tmp_path, models_and_data):
+    out = _run(_params(tmp_path), models_and_data)
+    outcomes = out["outcomes"]
+    assert len(outcomes) == 40 and set(outcomes["split"]) == {"train", "calibration", "test"}
+    assert outcomes["label"].between(1, 5).all()
+    train = outcomes[outcomes["split"] == "train"]
+    # Quantile labels: about a fifth of the training queries per score.
+    counts = train["label"].value_counts().reindex(range(1, 6), fill_value=0)
+    assert counts.min() >= 3, counts.to_dict()
+    assert (outcomes["cheap_bytes"] < outcomes["strong_bytes"]).all()
+    assert (outcomes["cheap_seconds"] > 0).all()
+    np.testing.assert_allclose(
+        outcomes["gap_2bit"], outcomes["quality_8bit"] - outcomes["quality_2bit"]
+    )
+
+    router = out["model"]
+    assert router.family == "query_router"
+    assert label_token_ids(router.tokenizer) == router.metadata["label_token_ids"]
+    summary = out["training_summary"]
+    steps_per_epoch = -(-len(train) // 8)
+    assert summary["global_step"] == 2 * steps_per_epoch
+    assert summary["examples"] == len(train)
+
+    table = out["evaluation"]
+    assert set(table["router"]) == {"router", "random", "oracle", "uncertainty"}
+    metrics = out["routing_metrics"]["metrics"]
+    assert metrics["always_strong_quality"] > metrics["always_cheap_quality"]
+    for name in ("router", "random", "uncertainty"):
+        assert metrics["oracle_apgr"] >= metrics[f"{name}_apgr"]
+        assert metrics["oracle_cpt_50"] <= metrics[f"{name}_cpt_50"]
+    test = outcomes[outcomes["split"] == "test"]
+    assert metrics["test_queries"] == len(test)
+    assert metrics["always_cheap_quality"] == pytest.approx(test["quality_2bit"].mean())
+    document = out["routing_metrics"]
+    assert len(document["calibration_p_strong"]) == (outcomes["split"] == "calibration").sum()
+    assert set(document["thresholds"]) == {"20", "50", "80"}
+    json.dumps(document)
+    save_bundle(router, tmp_path / "router")
+    loaded = load_bundle(tmp_path / "router")
+    assert loaded.family == "query_router"
+    assert label_token_ids(loaded.tokenizer) == router.metadata["label_token_ids"]
+
+
+def test_slice_routes_over_a_ladder(tmp_path, models_and_data):
+    params = _params(
+        tmp_path,
+        outcomes={"ladder": [2, 4, 8]},
+        prompt={"user_template": "[Question]\n{question}\n\n[Model]\n{model}\n\nPrediction:\n"},
+    )
+    params["training"]["num_train_epochs"] = 1
+    out = _run(params, models_and_data)
+    train = out["outcomes"][out["outcomes"]["split"] == "train"]
+    assert out["training_summary"]["examples"] == 2 * len(train)  # one example per lower rung
+    table = out["evaluation"]
+    assert {"ladder_router", "ladder_oracle"} <= set(table["router"])
+    metrics = out["routing_metrics"]["metrics"]
+    assert metrics["ladder_oracle_hull_area"] >= metrics["ladder_router_hull_area"]
+    assert metrics["ladder_2bit_cost"] < metrics["ladder_4bit_cost"] < metrics["ladder_8bit_cost"]
+
+
+def test_slice_trains_on_the_seed_jsonl(tmp_path, models_and_data):
+    path = tmp_path / "router.jsonl"
+    lines = []
+    for n in range(30):
+        record = {
+            "messages": [
+                {"role": "system", "content": "rate it"},
+                {"role": "user", "content": f"[Question]\nt{n} t{n + 1}\n\nPrediction:\n"},
+                {"role": "assistant", "content": f"[[{n % 5 + 1}]]"},
+            ],
+            "prompt": f"t{n} t{n + 1}",
+        }
+        lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n")
+    params = _params(tmp_path, data={"jsonl_path": str(path), "n_sample": 20})
+    params["training"]["num_train_epochs"] = 1
+    out = _run(params, models_and_data)
+    summary = out["training_summary"]
+    assert (summary["examples"], summary["eval_examples"]) == (18, 2)
+    assert summary["label_source"] == {"jsonl": str(path), "records": 20}
+
+
+def test_router_from_a_locally_saved_llama(tmp_path, models_and_data):
+    torch.manual_seed(0)
+    folder = tmp_path / "llama"
+    tiny_llama().save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    params = _params(tmp_path, router={"name_or_path": str(folder)})
+    params["training"]["num_train_epochs"] = 1
+    out = _run(params, models_and_data)
+    router = out["model"]
+    assert type(router.model).__name__ == "LlamaForCausalLM"
+    assert router.model.get_input_embeddings().weight.shape[0] == 128  # spare rows reused
+    assert out["routing_metrics"]["metrics"]["test_queries"] > 0
