@@ -34,7 +34,6 @@ from router_pipelines.data.cache import (
     write_entry,
 )
 from router_pipelines.data.config import DataConfig
-from router_pipelines.storage import digest_path
 from router_pipelines.data.encoding import (
     BlockPacker,
     InstructionTask,
@@ -58,6 +57,7 @@ from router_pipelines.data.tokenizer import (
     load_pretrained_tokenizer,
     train_bpe_tokenizer,
 )
+from router_pipelines.storage import digest_json, digest_path
 
 logger = logging.getLogger(__name__)
 
@@ -108,14 +108,22 @@ def choose_splits(corpus: CorpusSource, cfg: DataConfig) -> CorpusSplit:
     return CorpusSplit(corpus, codes, cfg.max_records, cfg.seed, cfg.validation_fraction)
 
 
-def prepare_token_data(split: CorpusSplit, cfg: DataConfig) -> TokenData:
-    """Open the cached tokenizer and token stores of ``split``, or build and cache them."""
+def prepare_token_data(
+    split: CorpusSplit, cfg: DataConfig, tokenizer: PreTrainedTokenizerBase | None = None
+) -> TokenData:
+    """Open the cached tokenizer and token stores of ``split``, or build and cache them.
+
+    ``tokenizer``: tokenize with this one (e.g. a chat set for a model trained on another
+    corpus) instead of ``cfg.tokenizer``; its vocabulary and chat template enter the fingerprint.
+    """
     started = time.perf_counter()
     inputs = fingerprint_inputs(split, cfg)
+    if tokenizer is not None:
+        inputs["tokenizer"] = given_tokenizer_inputs(tokenizer)
     key = fingerprint(inputs)
     entry = load_entry(cfg.cache_dir, key, trust_remote_code=cfg.tokenizer.trust_remote_code)
     if entry is None:
-        entry = _build(split, cfg, key, inputs)
+        entry = _build(split, cfg, key, inputs, tokenizer)
     else:
         logger.info("token cache hit: %s", entry.path)
     return TokenData(
@@ -174,6 +182,20 @@ def fingerprint_inputs(split: CorpusSplit, cfg: DataConfig) -> dict[str, Any]:
     }
 
 
+def given_tokenizer_inputs(tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """What a given tokenizer contributes to the fingerprint: vocabulary, specials, template."""
+    return {
+        "kind": "given",
+        "digest": digest_json(
+            {
+                "vocab": sorted(tokenizer.get_vocab().items()),
+                "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+                "chat_template": tokenizer.chat_template,
+            }
+        ),
+    }
+
+
 def split_examples(split: CorpusSplit, code: int) -> Iterator[dict]:
     """The examples of one split (``TRAIN`` or ``VALIDATION``), streamed in source order."""
     for number, example in enumerate(iter_examples(split.corpus)):
@@ -188,9 +210,15 @@ def example_text(example: dict) -> str:
     return messages_to_text(example["messages"])
 
 
-def _build(split: CorpusSplit, cfg: DataConfig, key: str, inputs: dict[str, Any]) -> CacheEntry:
+def _build(
+    split: CorpusSplit,
+    cfg: DataConfig,
+    key: str,
+    inputs: dict[str, Any],
+    given: PreTrainedTokenizerBase | None = None,
+) -> CacheEntry:
     started = time.perf_counter()
-    tokenizer = _tokenizer_for(split, cfg)
+    tokenizer = _tokenizer_for(split, cfg) if given is None else given
     tokenizer_seconds = time.perf_counter() - started
 
     def write_splits(folder: Path) -> dict[str, Any]:
