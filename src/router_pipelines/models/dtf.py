@@ -1,0 +1,173 @@
+"""The Dynamic Transformer (arXiv 2511.21408): surprise decides which tokens a block computes.
+
+Blocks pair up. The Decision layer computes every token: original H, posterior
+H + Block(H) (the block's output), prior H + PriorFFN(RMSNorm(H)), trained by
+MSE(prior, stopgrad(posterior)). The Dynamic layer that follows routes on surprise::
+
+    D_st = ‖posterior − original‖² / d          static surprise
+    D_ch = ‖posterior − prior‖² / d             change surprise
+    CE   = D_st − (D_ch − log o_ce)             expected criterion
+    CU   = D_st − m_cu · MA(D_st)               unexpected criterion (causal moving average)
+    gate = S_CE + S_CU − S_CE·S_CU,  S_x = σ(β_x · x)
+
+and computes the top ⌊γ·T⌋ gates, x + gate·(block(x) − x), through the same
+:class:`~router_pipelines.models.depth_routing.RoutedComputation` as MoD. The pair sits at the
+Decision layer's index; a :class:`PassThrough` keeps the Dynamic layer's place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from router_pipelines.models.depth_routing import (
+    DepthRoutingConfig,
+    RoutedComputation,
+    RoutingRecord,
+    _cache_state,
+)
+
+
+def causal_moving_average(
+    values: torch.Tensor, window: int, history: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of each position's last ``window`` values, itself included (B, T).
+
+    ``history`` (B, H) are the values before ``values`` (KV-cache decoding).
+    """
+    full = values if history is None else torch.cat([history, values], dim=1)
+    sums = torch.nn.functional.pad(full.cumsum(dim=1), (1, 0))  # (B, H + T + 1)
+    ends = torch.arange(1, full.shape[1] + 1, device=full.device)
+    starts = (ends - window).clamp(min=0)
+    means = (sums[:, ends] - sums[:, starts]) / (ends - starts).to(full.dtype)
+    return means[:, full.shape[1] - values.shape[1] :]
+
+
+class SurpriseGate(nn.Module):
+    """The Dynamic layer's gate from the Decision layer's three states (learnable β, o, m)."""
+
+    def __init__(self, config: DepthRoutingConfig) -> None:
+        super().__init__()
+        dtf = config.dtf
+        self.beta_ce = nn.Parameter(torch.tensor(float(dtf.beta_ce_init)))
+        self.beta_cu = nn.Parameter(torch.tensor(float(dtf.beta_cu_init)))
+        self.cu_multiplier = nn.Parameter(torch.tensor(float(dtf.cu_detection_multiplier_init)))
+        self.log_ce_offset = nn.Parameter(torch.tensor(math.log(dtf.ce_criterion_offset_init)))
+        self.ma_window = dtf.ma_window
+
+    def forward(
+        self,
+        original: torch.Tensor,
+        posterior: torch.Tensor,
+        prior: torch.Tensor,
+        history: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """gate, s_ce, s_cu, d_st, d_ch, ce, cu: each (B, T), in fp32 at least."""
+        dtype = torch.promote_types(original.dtype, torch.float32)
+        original, posterior, prior = (t.to(dtype) for t in (original, posterior, prior))
+        d_st = (posterior - original).pow(2).mean(dim=-1)
+        d_ch = (posterior - prior).pow(2).mean(dim=-1)
+        ce = d_st - (d_ch - self.log_ce_offset.to(dtype))
+        cu = d_st - self.cu_multiplier.to(dtype) * causal_moving_average(
+            d_st, self.ma_window, history
+        )
+        s_ce = torch.sigmoid(self.beta_ce.to(dtype) * ce)
+        s_cu = torch.sigmoid(self.beta_cu.to(dtype) * cu)
+        gate = s_ce + s_cu - s_ce * s_cu
+        return {
+            "gate": gate,
+            "s_ce": s_ce,
+            "s_cu": s_cu,
+            "d_st": d_st,
+            "d_ch": d_ch,
+            "ce": ce,
+            "cu": cu,
+        }
+
+
+class DTFPair(nn.Module):
+    """A Decision layer and the Dynamic layer after it, as one module (same call signature)."""
+
+    def __init__(
+        self,
+        decision: nn.Module,
+        dynamic: nn.Module,
+        hidden_size: int,
+        intermediate_size: int,
+        config: DepthRoutingConfig,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.decision = decision
+        self.routing = RoutedComputation(dynamic, hidden_size, config)
+        width = max(1, round(intermediate_size * config.dtf.prior_ffn_intermediate_size_factor))
+        self.prior_norm = nn.RMSNorm(hidden_size, eps=eps)
+        self.prior_ffn = nn.Sequential(
+            nn.Linear(hidden_size, width), nn.SiLU(), nn.Linear(width, hidden_size)
+        )
+        self.gate = SurpriseGate(config)
+        self.attention_type = getattr(decision, "attention_type", "full_attention")
+
+    @property
+    def last(self) -> RoutingRecord | None:
+        return self.routing.last
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, d)
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool | None = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        original = hidden_states
+        posterior = self.decision(
+            original,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            position_embeddings=position_embeddings,
+            **kwargs,
+        )
+        prior = original + self.prior_ffn(self.prior_norm(original))
+        decoding = bool(use_cache) and past_key_values is not None
+        history = self._history(past_key_values) if decoding else None
+        gates = self.gate(original, posterior, prior, history)
+        if decoding:
+            self._remember(past_key_values, history, gates["d_st"].detach())
+        selected, target, predictor_logits = self.routing.choose(
+            gates["gate"], gates["gate"], posterior
+        )
+        self.routing.last = RoutingRecord(
+            gates["gate"],
+            predictor_logits,
+            target,
+            selected,
+            {"s_ce": gates["s_ce"], "s_cu": gates["s_cu"], "prior": prior, "posterior": posterior},
+        )
+        return self.routing.route(
+            posterior,
+            selected,
+            gates["gate"],
+            attention_mask,
+            position_ids,
+            past_key_values,
+            use_cache,
+            position_embeddings,
+            **kwargs,
+        )
+
+    def _history(self, cache: Any) -> torch.Tensor | None:
+        return _cache_state(cache).get(("d_st", self.routing.layer_idx))
+
+    def _remember(self, cache: Any, history: torch.Tensor | None, d_st: torch.Tensor) -> None:
+        full = d_st if history is None else torch.cat([history, d_st], dim=1)
+        _cache_state(cache)[("d_st", self.routing.layer_idx)] = full[
+            :, -(self.gate.ma_window - 1) or None :
+        ]

@@ -1,0 +1,93 @@
+"""End to end, as a user runs it: `kedro run --env=debug --pipeline=mod` (a KedroSession) and
+`--pipeline=dtf` (the real command), in a throw-away project copy with its own MLflow store;
+then the registered model generates through its pyfunc, and a bad value stops a run before
+any node."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from project_copy import copy_project
+
+pytestmark = pytest.mark.slow
+
+MODELS = Path("data/06_models/debug")
+REPORTS = Path("data/08_reporting/debug/depth_routing")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("depth_routing_e2e") / "project"
+    copy_project(root)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        bootstrap_project(root)
+        with KedroSession.create(project_path=root, env="debug") as session:
+            session.run(pipeline_names=["mod"])
+        mod_registration = json.loads((root / REPORTS / "registration.json").read_text())
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "KEDRO_DISABLE_TELEMETRY": "1"}
+        kedro = Path(sys.executable).parent / "kedro"
+        # The dense baseline and speed were exercised by the mod run: skip them here (time).
+        quick = "depth_routing.dense_baseline.enabled=false,depth_routing.evaluation.speed=false"
+        command = [str(kedro), "run", "--env=debug", "--pipeline=dtf", f"--params={quick}"]
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        yield root, mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), mod_registration
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+
+
+def test_both_pipelines_train_evaluate_and_register(project):
+    root, client, mod_registration = project
+    dtf_registration = json.loads((root / REPORTS / "registration.json").read_text())
+    for registration, name in (
+        (mod_registration, "mod_lm_debug"),
+        (dtf_registration, "dtf_lm_debug"),
+    ):
+        assert registration["registered"] is True and registration["name"] == name
+        version = client.get_model_version(name, registration["version"])
+        assert version.tags["family"] == "depth_routing"
+        assert 0 <= float(version.tags["predictor_accuracy"]) <= 1
+        assert set(registration["metrics"]) >= {"validation_loss", "predictor_accuracy"}
+    for folder in ("depth_routing", "depth_routing_best"):
+        versions = [p for p in (root / MODELS / folder).iterdir() if not p.name.startswith(".")]
+        assert len(versions) == 2  # one per run, never overwritten
+    report = json.loads((root / REPORTS / "routing_report.json").read_text())
+    assert report["model_type"] == "dtf" and report["capacity_gamma"] == 0.25
+    assert {"s_ce", "s_cu"} <= set(report["router_statistics"]["layers"][0])
+    summary = json.loads((root / REPORTS / "training_summary.json").read_text())
+    assert Path(summary["run_dir"]).parent.name == "dtf"
+    assert (Path(summary["run_dir"]) / "checkpoint-12").is_dir()
+    assert json.loads((root / REPORTS / "dense_summary.json").read_text()) == {"enabled": False}
+
+
+def test_the_registered_model_generates_causally(project):
+    root, client, mod_registration = project
+    model = mlflow.pyfunc.load_model(mod_registration["model_uri"])
+    lm = model.unwrap_python_model().bundle.model
+    assert lm.routing_mode == "causal" and lm.routing_config.model_type == "mod"
+    out = model.predict(["The json module"], params={"max_new_tokens": 5})
+    assert len(out) == 1 and isinstance(out[0], str) and out[0]
+
+
+def test_a_bad_value_stops_the_run_before_any_node(project):
+    root, client, _ = project
+    before = sorted(str(p) for p in (root / "data").rglob("*"))
+    with (
+        KedroSession.create(
+            project_path=root, env="debug", runtime_params={"depth_routing": {"model_type": "moe"}}
+        ) as session,
+        pytest.raises(Exception, match=r"depth_routing.model_type: 'moe' is not allowed"),
+    ):
+        session.run(pipeline_names=["depth_routing"])
+    assert sorted(str(p) for p in (root / "data").rglob("*")) == before

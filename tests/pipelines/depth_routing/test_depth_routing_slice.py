@@ -1,0 +1,165 @@
+"""The depth-routing DAG on an in-memory catalog: routed + dense training → evaluation."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from router_pipelines.data.token_store import TokenBlocks
+from router_pipelines.models.depth_routing_lm import DepthRoutingLM
+from router_pipelines.pipelines.depth_routing import create_pipeline
+
+CONF = Path(__file__).resolve().parents[3] / "conf"
+SEQ_LEN, VOCAB = 32, 64
+
+
+def _params(tmp_path: Path, **model) -> dict:
+    text = (CONF / "base/parameters_depth_routing.yml").read_text()
+    text = text.replace("${globals:paths.checkpoints}", str(tmp_path))
+    params = copy.deepcopy(yaml.safe_load(text)["depth_routing"])
+    params["model"].update(preset="debug", max_positions=64, predictor_hidden_size=8, **model)
+    params["training"].update(
+        max_steps=8,
+        batch_size=4,
+        learning_rate=3e-3,
+        warmup_steps=1,
+        eval_steps=4,
+        eval_max_batches=2,
+        save_steps=4,
+        logging_steps=2,
+        progress_bar=False,
+    )
+    params["evaluation"].update(
+        batch_size=4, max_batches=2, speed_batch_size=1, speed_iters=1, decode_tokens=4
+    )
+    params["register"]["enabled"] = False
+    return params
+
+
+def _tokenizer():
+    vocab = {f"t{i}": i for i in range(VOCAB)}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), pad_token="t0"
+    )
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer
+
+
+def _tokens(n: int, seed: int) -> TokenBlocks:
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, VOCAB, size=n)  # a learnable pattern: rows count up
+    rows = (starts[:, None] + np.arange(SEQ_LEN)[None, :]) % VOCAB
+    return TokenBlocks.from_arrays(rows, fingerprint=f"counting-{n}-{seed}")
+
+
+class KeptDataset(MemoryDataset):
+    def _release(self) -> None:
+        pass
+
+
+OUTPUTS = (
+    "model",
+    "best_model",
+    "training_summary",
+    "dense_summary",
+    "evaluation",
+    "routing_report",
+)
+
+
+def _run(params: dict, model_type: str | None) -> dict:
+    catalog = DataCatalog({f"depth_routing.{name}": KeptDataset() for name in OUTPUTS})
+    catalog["train_tokens"] = _tokens(64, seed=1)
+    catalog["validation_tokens"] = _tokens(8, seed=2)
+    catalog["tokenizer"] = _tokenizer()
+    for group, values in params.items():
+        catalog[f"params:depth_routing.{group}"] = values
+    pipeline = create_pipeline(model_type=model_type)
+    pipeline = pipeline.only_nodes(*[n.name for n in pipeline.nodes if "register" not in n.name])
+    torch.manual_seed(0)
+    SequentialRunner().run(pipeline, catalog)
+    return {name: catalog[f"depth_routing.{name}"].load() for name in OUTPUTS}
+
+
+@pytest.mark.parametrize(("model_type", "pipeline_type"), [("mod", "mod"), ("mod", "dtf")])
+def test_slice_trains_routed_and_dense_side_by_side(tmp_path, model_type, pipeline_type):
+    """``--pipeline=dtf`` fixes the type whatever ``model_type`` says."""
+    params = _params(tmp_path, capacity_gamma=0.25)
+    params["model_type"] = model_type
+    out = _run(params, pipeline_type)
+    summary, dense = out["training_summary"], out["dense_summary"]
+    assert isinstance(out["model"].model, DepthRoutingLM)
+    assert out["model"].model.routing_config.model_type == pipeline_type
+    assert out["best_model"].family == "depth_routing"
+    assert summary["model_type"] == pipeline_type and summary["global_step"] == 8
+    assert dense["global_step"] == 8 and dense["model_type"] == "dense"
+    assert summary["tokens_seen"] == dense["tokens_seen"]  # same data and steps
+    runs = Path(summary["run_dir"]).parent, Path(dense["run_dir"]).parent
+    assert [p.name for p in runs] == [pipeline_type, "dense"]
+    assert (Path(summary["run_dir"]) / "checkpoint-8").is_dir()
+    assert (Path(summary["run_dir"]) / "best").is_dir()
+    history = dict(map(tuple, out["model"].metadata["history"]["eval_loss"]))
+    assert history[8] < np.log(VOCAB)  # it learns the counting pattern
+    table = out["evaluation"]
+    assert list(zip(table["model"], table["routing"], strict=True)) == [
+        ("dense", "dense"),
+        (pipeline_type, "topk"),
+        (pipeline_type, "causal"),
+    ]
+    assert (table["validation_bits_per_byte"] > 0).all()
+    routed_row = table.iloc[1]
+    assert routed_row["flops_blocks"] < table.iloc[0]["flops_blocks"]
+    assert routed_row["flops_lm_head"] == table.iloc[0]["flops_lm_head"]
+    report = out["routing_report"]
+    stats = report["router_statistics"]
+    assert [row["layer"] for row in stats["layers"]] == [1]
+    assert stats["topk_share"] == pytest.approx(0.25)
+    assert 0 < stats["causal_share"] < 0.6  # calibrated: about γ, not all or nothing
+    comparison = report["comparison"]
+    assert comparison["flops_ratio_total"] < 1
+    assert comparison["loss_ratio_equal_steps"] == pytest.approx(
+        table.iloc[1]["validation_loss"] / table.iloc[0]["validation_loss"]
+    )
+    assert "step_time_ratio" in comparison and "generate_speedup" in comparison
+
+
+def test_transfer_swaps_routed_blocks_into_a_local_qwen2(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    pretrained = Qwen2ForCausalLM(config)
+    pretrained.save_pretrained(tmp_path / "qwen2")
+    params = _params(tmp_path, name_or_path=str(tmp_path / "qwen2"), capacity_gamma=0.5)
+    params.update(mode="transfer", dense_baseline={"enabled": False})
+    params["training"].update(max_steps=2, eval_steps=2, save_steps=2, learning_rate=1e-9)
+    out = _run(params, "dtf")
+    model = out["model"].model
+    assert out["training_summary"]["mode"] == "transfer"
+    assert model.routed_layer_indices() == [1, 3]  # (0, 1) and (2, 3) pairs
+    torch.testing.assert_close(  # lr 1e-9: the pretrained weights, inside the routed model
+        model.model.model.layers[0].decision.mlp.up_proj.weight,
+        pretrained.model.layers[0].mlp.up_proj.weight,
+    )
+    assert list(out["evaluation"]["model"]) == ["dtf", "dtf"]  # no dense row
+    assert out["routing_report"]["comparison"]["note"].startswith("dense_baseline disabled")
