@@ -57,6 +57,27 @@ GROUPS: tuple[ParameterGroup, ...] = (
         "router_pipelines.pipelines.switchable.config:parse_switchable_params",
         "router_pipelines.pipelines.switchable.checks:check_switchable",
     ),
+    ParameterGroup(
+        "memory",
+        "router_pipelines.pipelines.memory.config:parse_memory_params",
+        "router_pipelines.pipelines.memory.checks:check_memory",
+    ),
+    ParameterGroup(
+        "depth_routing",
+        "router_pipelines.pipelines.depth_routing.config:parse_depth_routing_params",
+        "router_pipelines.pipelines.depth_routing.checks:check_depth_routing",
+    ),
+    ParameterGroup("promotion", "router_pipelines.promotion:parse_promotion_params"),
+    ParameterGroup(
+        "query_router",
+        "router_pipelines.pipelines.query_router.config:parse_query_router_params",
+        "router_pipelines.pipelines.query_router.checks:check_query_router",
+    ),
+    ParameterGroup(
+        "precision_router",
+        "router_pipelines.pipelines.precision_router.config:parse_precision_router_params",
+        "router_pipelines.pipelines.precision_router.checks:check_precision_router",
+    ),
 )
 
 

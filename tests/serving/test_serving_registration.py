@@ -159,6 +159,11 @@ def test_extra_artifacts_ship_inside_the_model(mlflow_store, base_bundle, tmp_pa
 def test_every_wrapper_declares_a_signature_and_serves_its_family():
     for name, wrapper in WRAPPERS.items():
         assert wrapper.code_path.is_file(), name
-        assert name in wrapper.families
-        schema = wrapper.signature().params
-        assert "max_new_tokens" in {p.name for p in schema.params}
+        # routed_lm serves a switchable model (the rungs it routes between), not its own family.
+        assert name in wrapper.families or name == "routed_lm"
+        params = {p.name for p in wrapper.signature().params.params}
+        # Every model that writes text takes max_new_tokens; the query router only scores.
+        if name == "query_router":
+            assert "target_share" in params
+        else:
+            assert "max_new_tokens" in params, name

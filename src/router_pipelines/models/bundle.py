@@ -26,7 +26,11 @@ DEFAULT_FAMILY = "causal_lm"  # a folder without BUNDLE_FILE: any transformers c
 # family -> "module:callable"; the callable is ``loader(directory, trust_remote_code) -> model``.
 FAMILY_LOADERS: dict[str, str] = {
     "causal_lm": "router_pipelines.models.bundle:load_causal_lm",
+    "depth_routing": "router_pipelines.models.depth_routing_lm:load_depth_routing_model",
     "switchable": "router_pipelines.models.switchable_io:load_switchable_model",
+    "memory": "router_pipelines.models.memory:load_memory_model",
+    "query_router": "router_pipelines.models.query_router:load_query_router",
+    "precision_router": "router_pipelines.models.precision_router:load_precision_router",
 }
 
 ModelLoader = Callable[[Path, bool], "nn.Module"]

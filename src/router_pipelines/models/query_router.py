@@ -15,8 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-LABEL_TOKENS = ("[[1]]", "[[2]]", "[[3]]", "[[4]]", "[[5]]")  # score s is LABEL_TOKENS[s - 1]
-GOOD_ENOUGH = 4  # a predicted score >= 4: the cheap model's answer is good enough
+from router_pipelines.models.query_router_labels import GOOD_ENOUGH, LABEL_TOKENS  # noqa: F401
 
 
 def add_label_tokens(model: nn.Module, tokenizer: Any) -> list[int]:

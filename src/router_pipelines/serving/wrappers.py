@@ -39,8 +39,19 @@ class PyfuncWrapper:
 
 WRAPPERS: dict[str, PyfuncWrapper] = {
     "causal_lm": PyfuncWrapper("causal_lm", "router_pipelines.serving.causal_lm", ("causal_lm",)),
+    "depth_routing": PyfuncWrapper(
+        "depth_routing", "router_pipelines.serving.depth_routing", ("depth_routing",)
+    ),
     "switchable": PyfuncWrapper(
         "switchable", "router_pipelines.serving.switchable", ("switchable",)
+    ),
+    "memory": PyfuncWrapper("memory", "router_pipelines.serving.memory", ("memory",)),
+    "query_router": PyfuncWrapper(
+        "query_router", "router_pipelines.serving.query_router", ("query_router",)
+    ),
+    "routed_lm": PyfuncWrapper("routed_lm", "router_pipelines.serving.routed_lm", ("switchable",)),
+    "precision_router": PyfuncWrapper(
+        "precision_router", "router_pipelines.serving.precision_router", ("precision_router",)
     ),
 }
 

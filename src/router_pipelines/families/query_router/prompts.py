@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from router_pipelines.constants import IGNORE_INDEX
-from router_pipelines.models.query_router import LABEL_TOKENS
+from router_pipelines.models.query_router_labels import LABEL_TOKENS
 
 SEED_SYSTEM_INSTRUCTION = (
     "[Instruction]\nBased on the question provided below, predict the score an expert evaluator "

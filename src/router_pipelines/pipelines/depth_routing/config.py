@@ -19,7 +19,7 @@ from router_pipelines.config import (
     check_positive,
     config_from_dict,
 )
-from router_pipelines.models.depth_routing import MODEL_TYPES, DepthRoutingConfig, DTFConfig
+from router_pipelines.models.depth_routing_config import MODEL_TYPES, DepthRoutingConfig, DTFConfig
 from router_pipelines.models.presets import ModelConfig
 from router_pipelines.training.config import TrainingConfig
 
