@@ -14,8 +14,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
-from project_copy import copy_project
+from project_copy import debug_run
 
 pytestmark = pytest.mark.slow
 
@@ -26,15 +25,9 @@ REPORTS = Path("data/08_reporting/debug/depth_routing")
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("depth_routing_e2e") / "project"
-    copy_project(root)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        bootstrap_project(root)
-        with KedroSession.create(project_path=root, env="debug") as session:
-            session.run(pipeline_names=["mod"])
+    with debug_run(root, "mod") as client:
         mod_registration = json.loads((root / REPORTS / "registration.json").read_text())
+        uri = f"sqlite:///{root / 'mlflow.db'}"
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "KEDRO_DISABLE_TELEMETRY": "1"}
         kedro = Path(sys.executable).parent / "kedro"
         # The dense baseline and speed were exercised by the mod run: skip them here (time).
@@ -42,9 +35,7 @@ def project(tmp_path_factory):
         command = [str(kedro), "run", "--env=debug", "--pipeline=dtf", f"--params={quick}"]
         done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
-        yield root, mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), mod_registration
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
+        yield root, client, mod_registration
 
 
 def test_both_pipelines_train_evaluate_and_register(project):

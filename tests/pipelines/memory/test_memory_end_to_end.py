@@ -4,16 +4,13 @@ base LM → chat tokens → memory adapter → evaluation → registered chat py
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 import torch
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
-from project_copy import PROJECT_ROOT, copy_project
+from project_copy import debug_run
 
 from router_pipelines.models.bundle import load_bundle
 
@@ -21,24 +18,13 @@ pytestmark = pytest.mark.slow
 
 MODELS = Path("data/06_models/debug")
 REPORTS = Path("data/08_reporting/debug")
-CHAT = "data/01_raw/python_docs_chat.jsonl"
 
 
 @pytest.fixture(scope="module")
 def memory_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("memory_e2e") / "project"
-    copy_project(root)
-    shutil.copy(PROJECT_ROOT / CHAT, root / CHAT)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        bootstrap_project(root)
-        with KedroSession.create(project_path=root, env="debug") as session:
-            session.run(pipeline_names=["memory"])
-        yield root, mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
+    with debug_run(root, "memory") as client:
+        yield root, client
 
 
 def _json(path: Path) -> dict:

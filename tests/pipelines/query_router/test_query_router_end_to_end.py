@@ -9,9 +9,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
-from project_copy import copy_project
+from project_copy import debug_run
 
 pytestmark = pytest.mark.slow
 
@@ -22,19 +20,8 @@ OUTPUT = Path("data/07_model_output/debug/query_router")
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e_query_router") / "project"
-    copy_project(root)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        bootstrap_project(root)
-        with KedroSession.create(project_path=root, env="debug") as session:
-            session.run(pipeline_names=["query_router"])
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        yield root, mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-        while mlflow.active_run() is not None:
-            mlflow.end_run()
+    with debug_run(root, "query_router") as client:
+        yield root, client
 
 
 def test_run_writes_outcomes_curves_and_registers_both_models(finished_run):
