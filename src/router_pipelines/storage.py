@@ -4,6 +4,7 @@
   it into place: a run killed at any moment leaves either the previous folder or the complete new
   one (plus, at worst, a ``.tmp-*`` sibling that the next writer removes), never half a folder.
 * :func:`write_json` / :func:`atomic_file` — the same for one file (temporary file + ``os.replace``).
+* :func:`shared_storage_once` — a state dict safetensors can save (tied weights once).
 * :func:`load_weights` — load ``model.safetensors`` (or a sharded index) into a module, accepting
   exactly the keys left out because they share storage with a saved tensor (GPT-2's tied LM
   head, a quantizer shared by a tied embedding and head) and nothing else.
@@ -19,7 +20,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,25 @@ def digest_path(path: str | Path) -> str:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def shared_storage_once(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with each shared storage (tied weights) kept under its first key only.
+
+    safetensors refuses tensors that share memory, and its ``save_model`` takes a module, not
+    a state dict gathered elsewhere; :func:`load_weights` accepts whichever key was kept.
+    """
+    kept, seen = {}, set()
+    for key, tensor in state_dict.items():
+        pointer = (
+            (tensor.device, tensor.data_ptr(), tuple(tensor.shape)) if tensor.numel() else None
+        )
+        if pointer is not None and pointer in seen:
+            continue
+        if pointer is not None:
+            seen.add(pointer)
+        kept[key] = tensor.detach().contiguous()
+    return kept
 
 
 def load_weights(

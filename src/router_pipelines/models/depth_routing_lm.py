@@ -31,7 +31,7 @@ from router_pipelines.models.dtf import DTFPair
 from router_pipelines.models.hf_files import CONFIG_NAME, load_hf_config, read_json_file
 from router_pipelines.models.layers import find_decoder_blocks
 from router_pipelines.models.mod import MoDBlock
-from router_pipelines.storage import WEIGHTS_NAME, load_weights
+from router_pipelines.storage import WEIGHTS_NAME, load_weights, shared_storage_once
 
 DEPTH_ROUTING_CONFIG_NAME = "depth_routing_config.json"
 SUPPORTED_BLOCKS = ("Qwen2DecoderLayer", "LlamaDecoderLayer", "MistralDecoderLayer")
@@ -199,7 +199,7 @@ class DepthRoutingLM(nn.Module):
         if state_dict is None:
             save_model(self, str(path / WEIGHTS_NAME))
         else:
-            save_file(_shared_once(state_dict), str(path / WEIGHTS_NAME), {"format": "pt"})
+            save_file(shared_storage_once(state_dict), str(path / WEIGHTS_NAME), {"format": "pt"})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> DepthRoutingLM:
@@ -230,17 +230,3 @@ def load_depth_routing_model(directory: str | Path, trust_remote_code: bool = Fa
     """The model-bundle loader of the ``depth_routing`` family (``models.bundle``)."""
     del trust_remote_code  # the architecture is always built from installed classes
     return DepthRoutingLM.from_pretrained(directory)
-
-
-def _shared_once(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    kept, seen = {}, set()
-    for key, tensor in state_dict.items():
-        pointer = (
-            (tensor.device, tensor.data_ptr(), tuple(tensor.shape)) if tensor.numel() else None
-        )
-        if pointer is not None and pointer in seen:
-            continue
-        if pointer is not None:
-            seen.add(pointer)
-        kept[key] = tensor.detach().contiguous()
-    return kept

@@ -19,7 +19,7 @@ from safetensors.torch import save_file, save_model
 from router_pipelines.config import config_from_dict
 from router_pipelines.models.hf_files import CONFIG_NAME, load_hf_config, read_json_file
 from router_pipelines.models.switchable_swap import SwitchableConfig
-from router_pipelines.storage import WEIGHTS_NAME, load_weights
+from router_pipelines.storage import WEIGHTS_NAME, load_weights, shared_storage_once
 
 if TYPE_CHECKING:
     from router_pipelines.models.switchable import SwitchableLM
@@ -49,7 +49,7 @@ def save_switchable(
     if state_dict is None:
         save_model(model, str(path / WEIGHTS_NAME))  # drops tied duplicates itself
     else:
-        save_file(_store_shared_once(state_dict), str(path / WEIGHTS_NAME), {"format": "pt"})
+        save_file(shared_storage_once(state_dict), str(path / WEIGHTS_NAME), {"format": "pt"})
 
 
 def load_switchable(
@@ -94,22 +94,3 @@ def load_switchable_model(directory: str | Path, trust_remote_code: bool = False
     from router_pipelines.models.switchable import SwitchableLM
 
     return load_switchable(SwitchableLM, directory)
-
-
-def _store_shared_once(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state_dict`` with each shared storage (tied weights) kept under its first key only.
-
-    safetensors refuses tensors that share memory, and its ``save_model`` takes a module, not
-    a state dict gathered elsewhere; ``load_weights`` accepts whichever key was kept.
-    """
-    kept, seen = {}, set()
-    for key, tensor in state_dict.items():
-        pointer = (
-            (tensor.device, tensor.data_ptr(), tuple(tensor.shape)) if tensor.numel() else None
-        )
-        if pointer is not None and pointer in seen:
-            continue
-        if pointer is not None:
-            seen.add(pointer)
-        kept[key] = tensor.detach().contiguous()
-    return kept

@@ -310,14 +310,19 @@ def register_depth_routing(
         "causal_validation_loss": causal["validation_loss"],
         "predictor_accuracy": routing_report["router_statistics"]["predictor_accuracy"],
     }
-    tags = {
-        **metrics,
+    tags = {  # register_model adds the headline metrics as tags and links them to the model
         "model_type": kind,
         "capacity_gamma": training_summary["capacity_gamma"],
         FINGERPRINT_TAG: training_summary["fingerprint"],
     }
     info = register_model(
-        best_model, register.name, wrapper=FAMILY, tags=tags, description=register.description
+        best_model,
+        register.name,
+        wrapper=FAMILY,
+        tags=tags,
+        description=register.description,
+        metrics=metrics,
+        step=training_summary.get("global_step"),
     )
     return {"registered": True, **info, "metrics": metrics}
 

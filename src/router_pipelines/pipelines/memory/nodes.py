@@ -273,8 +273,7 @@ def register_memory(
         FINGERPRINT_TAG: training_summary["fingerprint"],
         "memory_parameters": training_summary["memory_parameters"],
         "num_chapters": training_summary["num_chapters"],
-        **metrics,
-    }
+    }  # register_model adds the headline metrics as tags too
     info = register_model(
         model,
         config.name,

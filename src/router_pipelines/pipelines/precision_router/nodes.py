@@ -323,8 +323,7 @@ def register_router(
         "quantized_model_uri": reference or "not registered",
         "quantized_fingerprint": str(model.metadata.get("quantized", {}).get("fingerprint")),
         "quantized_path": str(model.metadata.get("quantized", {}).get("path")),
-        **{k: f"{v:.6g}" for k, v in headline.items()},
-    }
+    }  # register_model adds the headline metrics as tags too
     info = register_model(
         model,
         config.name,

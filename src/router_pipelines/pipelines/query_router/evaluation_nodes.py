@@ -249,7 +249,7 @@ def register_router(
         key: float(metrics[key])
         for key in ("router_apgr", "router_cpt_50", "oracle_apgr", "oracle_cpt_50")
     }
-    tags = {**headline, FINGERPRINT_TAG: training_summary["fingerprint"]}
+    tags = {FINGERPRINT_TAG: training_summary["fingerprint"]}
     with tempfile.TemporaryDirectory(prefix="router-") as tmp:
         routing = Path(tmp) / "routing.json"
         routing.write_text(json.dumps(routing_metrics, indent=2, default=float))
@@ -260,6 +260,9 @@ def register_router(
             tags=tags,
             description=config.description,
             extra_artifacts={"routing": str(routing)},
+            # linked to the router's logged model and set as its version tags
+            metrics=headline,
+            step=training_summary.get("global_step"),
         )
         router_dir = Path(tmp) / "router"
         save_bundle(router_model, router_dir)
@@ -267,7 +270,7 @@ def register_router(
             switchable_model,
             config.routed_name,
             wrapper="routed_lm",
-            tags=tags,
+            tags={**tags, **headline},  # the router's metrics, already linked to the router
             description=config.description,
             extra_artifacts={"routing": str(routing), "router": str(router_dir)},
         )
