@@ -54,6 +54,25 @@ def test_reused_model_is_not_saved_twice(tmp_path, bundle):
     assert again.load().source_dir == loaded.source_dir
 
 
+def test_a_reused_older_version_is_what_the_same_run_loads_back(tmp_path, bundle):
+    path = tmp_path / "best_model"
+    PretrainedModelDataset(str(path), version=Version(None, None)).save(bundle)
+    older = PretrainedModelDataset(str(path), version=Version(None, None)).load()
+    time.sleep(0.01)  # versions are timestamps
+    with torch.no_grad():
+        bundle.model.transformer.wte.weight.add_(1.0)
+    PretrainedModelDataset(str(path), version=Version(None, None)).save(bundle)  # newer one
+
+    dataset = PretrainedModelDataset(str(path), version=Version(None, None))
+    dataset.save(older)  # a provider reused the older version
+    assert len(list(path.iterdir())) == 2
+    reloaded = dataset.load()
+    assert reloaded.source_dir == older.source_dir
+    torch.testing.assert_close(
+        reloaded.model.transformer.wte.weight, older.model.transformer.wte.weight
+    )
+
+
 def test_tokenizer_dataset_round_trip_and_replace(tmp_path, bundle):
     dataset = PretrainedTokenizerDataset(str(tmp_path / "tok"))
     assert not dataset.exists()
@@ -111,3 +130,35 @@ def test_an_unchanged_tokenizer_is_not_saved_as_another_version(tmp_path, char_t
     char_tokenizer.add_tokens(["<new>"])
     PretrainedTokenizerDataset(str(root), version=Version(None, None)).save(char_tokenizer)
     assert len(list(root.iterdir())) == 2, "a changed tokenizer is a new version"
+
+
+def test_model_and_tokenizer_previews_read_json_files_only(tmp_path, bundle):
+    """Kedro-Viz's JSON previews of a saved model and tokenizer: family, architecture,
+    training summary and files; vocabulary size and special tokens. Nothing before a save."""
+    import inspect
+    import json
+
+    from kedro.io.core import Version
+
+    from router_pipelines.datasets import PretrainedModelDataset, PretrainedTokenizerDataset
+
+    models = PretrainedModelDataset(str(tmp_path / "lm"), version=Version(None, None))
+    assert models.preview() is None, "not saved yet"
+    bundle.metadata = {"family": "causal_lm", "training": {"origin": "train", "global_step": 3}}
+    models.save(bundle)
+    (weights,) = (tmp_path / "lm").glob("*/lm/model.safetensors")
+    weights.write_bytes(b"garbage")  # a preview that loaded the weights would fail
+    assert inspect.signature(models.preview).return_annotation == "JSONPreview"
+    shown = json.loads(
+        PretrainedModelDataset(str(tmp_path / "lm"), version=Version(None, None)).preview()
+    )
+    assert shown["family"] == "causal_lm" and shown["training"]["global_step"] == 3
+    assert shown["architecture"]["n_layer"] == 1 and "model.safetensors" in shown["files"]
+    assert shown["version"] == weights.parent.parent.name
+
+    tokenizers = PretrainedTokenizerDataset(str(tmp_path / "tok"))
+    assert tokenizers.preview() is None
+    tokenizers.save(bundle.tokenizer)
+    shown = json.loads(tokenizers.preview())
+    assert shown["vocab_size"] == len(bundle.tokenizer.get_vocab())
+    assert "tokenizer_config.json" in shown["files"] and shown["version"] is None, "unversioned"

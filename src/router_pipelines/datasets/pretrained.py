@@ -22,6 +22,7 @@ from typing import Any
 
 from kedro.io import AbstractVersionedDataset
 from kedro.io.core import Version
+from kedro_datasets._typing import JSONPreview
 
 from router_pipelines.models.bundle import ModelBundle, load_bundle, save_bundle
 from router_pipelines.storage import atomic_directory, digest_path
@@ -40,6 +41,30 @@ def _existing_parent(path: Path) -> str:
 
 def _has(name: str):
     return lambda folder: (Path(folder) / name).is_file()
+
+
+def _json_file(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def folder_preview(folder: Path, versioned: bool, **fields: Any) -> JSONPreview:
+    """Kedro-Viz's preview of a saved folder: ``fields``, its version (``<path>/<version>/<name>``
+    when ``versioned``), and its files with sizes (the weights are listed, never read)."""
+    import json
+
+    files = {
+        item.name: f"{item.stat().st_size / 1e6:.2f} MB"
+        for item in sorted(folder.iterdir())
+        if item.is_file()
+    }
+    version = folder.parent.name if versioned else None
+    return JSONPreview(json.dumps({**fields, "version": version, "files": files}, default=str))
 
 
 class PretrainedTokenizerDataset(AbstractVersionedDataset):
@@ -108,6 +133,28 @@ class PretrainedTokenizerDataset(AbstractVersionedDataset):
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._filepath), "version": self._version}
 
+    def preview(self) -> JSONPreview:  # Kedro-Viz reads this annotation
+        """Kedro-Viz: the newest tokenizer's size and special tokens (from its JSON files; the
+        tokenizer is not loaded). ``None`` (no preview) before one is saved."""
+        if not self._exists():
+            return None
+        folder = Path(self._get_load_path())
+        config = _json_file(folder / TOKENIZER_FILE)
+        vocab = (_json_file(folder / "tokenizer.json").get("model") or {}).get("vocab") or {}
+        special = {
+            key: value
+            for key, value in config.items()
+            if key.endswith("_token") and isinstance(value, str)
+        }
+        return folder_preview(
+            folder,
+            self._version is not None,
+            tokenizer_class=config.get("tokenizer_class"),
+            vocab_size=len(vocab) or None,
+            model_max_length=config.get("model_max_length"),
+            special_tokens=special,
+        )
+
 
 class PretrainedModelDataset(AbstractVersionedDataset):
     """A :class:`ModelBundle` stored as one ``save_pretrained`` folder, optionally versioned.
@@ -151,10 +198,12 @@ class PretrainedModelDataset(AbstractVersionedDataset):
         if data.source_dir is not None and root in Path(data.source_dir).parents:
             # Reused unchanged (e.g. a provider node found a compatible saved model): it is
             # already stored here, so no duplicate version is written, and this run's save
-            # version becomes the reused one (Kedro then loads exactly that folder).
+            # version becomes the reused one, and so does its load version: a later node of
+            # the same run must read exactly that folder, not whatever is newest (another
+            # run may have saved a newer version since the reused one).
             if self._version is not None:
                 reused = Path(data.source_dir).parent.name
-                self._version = Version(self._version.load, reused)
+                self._version = Version(reused, reused)
                 self._clear_version_cache()
             return
         with atomic_directory(Path(self._get_save_path())) as staging:
@@ -169,3 +218,26 @@ class PretrainedModelDataset(AbstractVersionedDataset):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._filepath), "version": self._version}
+
+    def preview(self) -> JSONPreview:  # Kedro-Viz reads this annotation
+        """Kedro-Viz: the newest saved model's family, architecture, training summary and files,
+        read from its JSON files (no weights are loaded). ``None`` (no preview) before one is saved."""
+        from router_pipelines.models.bundle import BUNDLE_FILE
+
+        if not self._exists():
+            return None
+        folder = Path(self._get_load_path())
+        metadata = _json_file(folder / BUNDLE_FILE)
+        config = _json_file(folder / MODEL_CONFIG_FILE)
+        architecture = {
+            key: config[key]
+            for key in ("model_type", "vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+            if key in config
+        }
+        return folder_preview(
+            folder,
+            self._version is not None,
+            family=metadata.get("family", "causal_lm"),
+            architecture=architecture,
+            training=metadata.get("training") or {},
+        )
