@@ -25,8 +25,10 @@ dead chapter; memory's step time <= 1.15x LoRA-only's (both train a frozen base)
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
+from dataclasses import replace
 from typing import Any
 
 import common
@@ -80,6 +82,18 @@ def text_tokens(args) -> tuple[Any, Any, Any]:
 
 
 def train_base(tokenizer, train, validation, args, output_dir: str):
+    """The ``tiny`` base LM: loaded from ``--base-dir`` when it holds one trained for the same
+    ``--base-steps`` (so several seeds / reruns share one base), else trained (and saved there)."""
+    from pathlib import Path
+
+    from router_pipelines.models.bundle import load_bundle, save_bundle
+
+    saved = Path(args.base_dir) if args.base_dir else None
+    if saved is not None and (saved / "router_pipelines.json").is_file():
+        bundle = load_bundle(saved)
+        if bundle.metadata.get("bench_base_steps") == args.base_steps:
+            print(f"base: reused {saved}", flush=True)
+            return bundle
     params = load_params("pretrain")["pretrain"]
     params["training"].update(
         NO_SAVING,
@@ -93,6 +107,9 @@ def train_base(tokenizer, train, validation, args, output_dir: str):
         params["lr_finder"], params["register"],
     )  # fmt: skip
     print(f"base: {summary['train_loss']:.3f} train loss, {summary['seconds']} s", flush=True)
+    if saved is not None:
+        bundle.metadata["bench_base_steps"] = args.base_steps
+        save_bundle(bundle, saved)
     return bundle
 
 
@@ -126,11 +143,8 @@ def evaluate(model, sets: dict[str, Any], token_bytes, args) -> dict[str, float]
     return row
 
 
-def run(args) -> None:
-    started = time.perf_counter()
-    transformers.logging.set_verbosity_error()
-    threads = common.set_threads(args.threads)
-    machine = common.machine_info(threads)
+def measure(args) -> dict[str, Any]:
+    """One seed: the base row and one row per variant, plus what the notes need."""
     tokenizer, text_train, text_validation = text_tokens(args)
     workdir = tempfile.mkdtemp(prefix="bench-memory-")
     base = train_base(tokenizer, text_train, text_validation, args, f"{workdir}/base")
@@ -154,10 +168,15 @@ def run(args) -> None:
     memory_budget = sum(p.numel() for p in probe.parameters() if p.requires_grad)
     rank = lora_rank_for(base, memory_budget)
     variants = {
-        "lora_only": (None, LoraSettings(True, rank, 2 * rank, 0.0, LORA_TARGETS)),
         "memory": (params.adapter, LoraSettings()),
+        "lora_only": (None, LoraSettings(True, rank, 2 * rank, 0.0, LORA_TARGETS)),
         "memory_lora": (params.adapter, LoraSettings(True, 8, 16, 0.0, None)),
     }
+    if args.mean_router and params.adapter.router_input != "mean":  # the seed's router
+        variants["memory_mean_router"] = (
+            replace(params.adapter, router_input="mean"),
+            LoraSettings(),
+        )
     rows = [base_row]
     for name, (adapter, lora) in variants.items():
         training = parse_memory_params(
@@ -198,23 +217,74 @@ def run(args) -> None:
             }
         rows.append(row)
         print(row, flush=True)
-    by_name = {row["model"]: row for row in rows}
+    return {
+        "rows": rows,
+        "rank": rank,
+        "memory_budget": memory_budget,
+        "batch_size": training_values["batch_size"],
+        "report": report,
+        "adapter": params.adapter,
+    }
+
+
+def mean_rows(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per model: the mean over seeds of every number (ints stay ints when equal)."""
+    merged = []
+    for rows in zip(*per_seed, strict=True):
+        row = {"table": f"mean over {len(per_seed)} seed(s)"}
+        for key, value in rows[0].items():
+            values = [r.get(key) for r in rows]
+            numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+            row[key] = (
+                round(sum(values) / len(values), 4) if numbers and len(set(values)) > 1 else value
+            )
+        merged.append(row)
+    return merged
+
+
+def run(args) -> None:
+    started = time.perf_counter()
+    transformers.logging.set_verbosity_error()
+    threads = common.set_threads(args.threads)
+    machine = common.machine_info(threads)
+    seeds = args.seeds or [args.seed]
+    if len(seeds) == 1:
+        args.seed = seeds[0]
+        runs = [measure(args)]
+    else:
+        runs = seeds_in_parallel(args, seeds)
+    per_seed = [r["rows"] for r in runs]
+    first = runs[0]
+    rows = mean_rows(per_seed)
+    if len(seeds) > 1:
+        for seed, seed_rows in zip(seeds, per_seed, strict=True):
+            rows += [{"table": f"seed {seed}", **row} for row in seed_rows]
+    else:
+        rows = [{k: v for k, v in row.items() if k != "table"} for row in rows]
+    by_name = {row["model"]: row for row in rows[: len(per_seed[0])]}
     memory, lora_only = by_name["memory"], by_name["lora_only"]
     step_ratio = memory["step_ms"] / lora_only["step_ms"]
+    wins = sum(
+        {r["model"]: r for r in seed_rows}["memory"]["chat_loss"]
+        < {r["model"]: r for r in seed_rows}["lora_only"]["chat_loss"]
+        for seed_rows in per_seed
+    )
     targets = [
         common.target(
-            "memory vs LoRA-only (equal trainable params): chat validation loss",
+            "memory vs LoRA-only (equal trainable params): chat validation loss, seed mean",
             f"< {lora_only['chat_loss']}",
-            memory["chat_loss"],
+            f"{memory['chat_loss']} (lower in {wins} of {len(seeds)} seeds)",
             memory["chat_loss"] < lora_only["chat_loss"],
         ),
         common.target(
-            "utilisation entropy H(f)/log C (chat validation)",
+            "utilisation entropy H(f)/log C (chat validation), seed mean",
             ">= 0.9",
             memory["utilisation_entropy"],
             memory["utilisation_entropy"] >= 0.9,
         ),
-        common.target("dead chapters", "0", memory["dead_chapters"], memory["dead_chapters"] == 0),
+        common.target(
+            "dead chapters (seed mean)", "0", memory["dead_chapters"], memory["dead_chapters"] == 0
+        ),
         common.target(
             "memory step time / LoRA-only step time",
             "<= 1.15",
@@ -222,18 +292,25 @@ def run(args) -> None:
             step_ratio <= 1.15,
         ),
     ]
+    adapter = first["adapter"]
     notes = [
         "All variants train the same frozen base on the same chat batches (seed, data order), "
-        f"{args.steps} steps of batch {training_values['batch_size']}, with the learning rates of "
+        f"{args.steps} steps of batch {first['batch_size']}, with the learning rates of "
         "conf/base/parameters_memory.yml (memory_lr for the adapter, lora_lr for LoRA).",
-        f"lora_only: rank {rank} on {LORA_TARGETS}, chosen so its trainable parameters match the "
-        f"memory adapter's ({memory_budget}) as closely as a whole rank allows.",
+        f"Seeds {seeds}: the seed sets the adapter / LoRA init and the chat data order; one "
+        f"base LM ({args.base_steps} steps, the pretrain config's own seed) serves every seed.",
+        f"lora_only: rank {first['rank']} on {LORA_TARGETS}, chosen so its trainable parameters "
+        f"match the memory adapter's ({first['memory_budget']}) as closely as a whole rank allows.",
+        f"memory: router_input {adapter.router_input!r}, router_noise {adapter.router_noise}; "
+        "memory_mean_router (with --mean-router): the same adapter with the seed's router "
+        "(plain mean-pool, no standardisation).",
         "forgetting = text validation loss minus the untrained base's (the base is frozen, so "
         "it comes only from the adapter / LoRA).",
         f"Losses on the first {args.eval_batches} validation batches of 8 rows; bits per byte "
         "counts the UTF-8 bytes of the predicted tokens (chat: assistant tokens only).",
         "step_ms: mean wall time of an optimizer step over the run (evaluation steps excluded), "
-        "under the load average recorded in the machine block.",
+        "under the load average recorded in the machine block"
+        + ("; the seeds ran in parallel, one process each." if len(seeds) > 1 else "."),
     ]
     common.write_result(
         common.result_path(NAME, args),
@@ -244,13 +321,15 @@ def run(args) -> None:
             "base_preset": "tiny",
             "base_steps": args.base_steps,
             "steps": args.steps,
+            "seeds": seeds,
             "seq_len": args.seq_len,
-            "chat_train_rows": report["train_rows"],
-            "chat_validation_rows": report["validation_rows"],
-            "num_chapters": params.adapter.num_chapters,
-            "chapter_size": params.adapter.chapter_size,
-            "top_k": params.adapter.top_k,
-            "memory_layers": params.adapter.memory_layers,
+            "chat_train_rows": first["report"]["train_rows"],
+            "chat_validation_rows": first["report"]["validation_rows"],
+            "num_chapters": adapter.num_chapters,
+            "chapter_size": adapter.chapter_size,
+            "top_k": adapter.top_k,
+            "memory_layers": adapter.memory_layers,
+            "router_input": adapter.router_input,
             "eval_batches": args.eval_batches,
             "quick": args.quick,
         },
@@ -261,15 +340,64 @@ def run(args) -> None:
     )
 
 
+def seeds_in_parallel(args, seeds: list[int]) -> list[dict[str, Any]]:
+    """Each seed in its own process (``--worker``), started together; their measurements."""
+    import pickle
+    import subprocess
+    import sys
+
+    if args.base_dir is None:
+        raise SystemExit("--seeds with more than one seed needs --base-dir (one shared base)")
+    # the base first, once, so the workers only load it
+    tokenizer, text_train, text_validation = text_tokens(args)
+    train_base(tokenizer, text_train, text_validation, args, tempfile.mkdtemp())
+    workdir = tempfile.mkdtemp(prefix="bench-memory-seeds-")
+    passed = [
+        *("--base-steps", str(args.base_steps), "--steps", str(args.steps)),
+        *("--seq-len", str(args.seq_len), "--eval-batches", str(args.eval_batches)),
+        *("--base-dir", str(args.base_dir)),
+        *(("--threads", str(args.threads)) if args.threads else ()),
+        *(("--mean-router",) if args.mean_router else ()),
+    ]
+    jobs = []
+    for seed in seeds:
+        out = f"{workdir}/seed{seed}.pkl"
+        command = [sys.executable, __file__, *passed, "--seed", str(seed), "--worker", out]
+        jobs.append((subprocess.Popen(command), out))
+    results = []
+    for job, out in jobs:
+        if job.wait() != 0:
+            raise SystemExit(f"a seed's worker failed ({job.args})")
+        with open(out, "rb") as handle:
+            results.append(pickle.load(handle))
+    return results
+
+
 def main() -> None:
     parser = common.make_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--base-steps", type=int, default=300)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--eval-batches", type=int, default=10)
+    parser.add_argument(
+        "--base-dir", default=None, help="save the trained base here, or reuse the one saved"
+    )
+    parser.add_argument(
+        "--mean-router", action="store_true", help="add the seed's plain mean-pool router"
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="e.g. --seeds 0 1")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
         args.base_steps, args.steps, args.eval_batches = 10, 6, 2
+    if args.worker:  # one seed of a --seeds run: pickle the measurement for the parent
+        import pickle
+
+        transformers.logging.set_verbosity_error()
+        common.set_threads(args.threads)
+        with open(args.worker, "wb") as handle:
+            pickle.dump(measure(args), handle)
+        return
     run(args)
 
 

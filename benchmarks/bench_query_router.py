@@ -64,10 +64,17 @@ def load_tokens() -> tuple[Any, Any, Any, dict[str, Any]]:
     return tokenize_corpus(split_corpus(ingest_corpus(data), data), data)
 
 
-def base_model(tokens: tuple, steps: int, output_dir: str) -> tuple[ModelBundle, str]:
+def base_model(
+    tokens: tuple, steps: int, output_dir: str, path: str = ""
+) -> tuple[ModelBundle, str]:
     from router_pipelines.models.bundle import load_bundle
 
     tokenizer, train_tokens, validation_tokens, _ = tokens
+    if path:
+        bundle = load_bundle(path)
+        if bundle.tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ValueError(f"--base-path {path}: its tokenizer is not the data's")
+        return bundle, f"loaded from --base-path {path}"
     for config in sorted(SAVED_BASES.glob("*/pretrain/config.json"), reverse=True):
         bundle = load_bundle(config.parent)
         if bundle.tokenizer.get_vocab() == tokenizer.get_vocab():
@@ -117,7 +124,9 @@ def run(args: Any) -> None:
     params = load_params("query_router")["query_router"]
     tokens = load_tokens()
     with tempfile.TemporaryDirectory(prefix="bench-qr-") as tmp:
-        base, base_source = base_model(tokens, 20 if args.quick else args.base_steps, tmp + "/b")
+        base, base_source = base_model(
+            tokens, 20 if args.quick else args.base_steps, tmp + "/b", args.base_path
+        )
         print(f"base model: {base_source}", flush=True)
         switchable = switchable_stand_in(base)
         params["training"].update(output_dir=tmp + "/router", progress_bar=False)
@@ -135,32 +144,57 @@ def run(args: Any) -> None:
         outcomes = measure_outcomes(queries, switchable, params["outcomes"])
         times["measure_outcomes_s"] = time.perf_counter() - t
         print(f"{len(outcomes)} queries scored in {times['measure_outcomes_s']:.1f} s", flush=True)
-        t = time.perf_counter()
-        router, summary, _ = train_router(
-            outcomes, base, params["prompt"], params["router"], params["data"], params["training"]
-        )
-        times["train_router_s"] = time.perf_counter() - t
-        print(f"router trained in {times['train_router_s']:.1f} s", flush=True)
-        t = time.perf_counter()
-        _, _, document = evaluate_router(
-            router, outcomes, params["prompt"], params["outcomes"], params["evaluation"]
-        )
-        times["evaluate_router_s"] = time.perf_counter() - t
+        seeds = [int(v) for v in args.seeds.split(",")]
+        documents, summaries = [], []
+        for seed in seeds:
+            params["training"]["seed"] = seed
+            t = time.perf_counter()
+            router, summary, _ = train_router(
+                outcomes,
+                base,
+                None,
+                None,
+                params["prompt"],
+                params["router"],
+                params["data"],
+                params["training"],
+                {"source": "train"},
+            )
+            times.setdefault("train_router_s", []).append(time.perf_counter() - t)
+            print(
+                f"router (seed {seed}) trained in {times['train_router_s'][-1]:.1f} s", flush=True
+            )
+            t = time.perf_counter()
+            _, _, document = evaluate_router(
+                router, outcomes, params["prompt"], params["outcomes"], params["evaluation"]
+            )
+            times.setdefault("evaluate_router_s", []).append(time.perf_counter() - t)
+            documents.append(document)
+            summaries.append(summary)
+    times = {k: (v if isinstance(v, float) else sum(v) / len(v)) for k, v in times.items()}
+    document, summary = documents[0], summaries[0]
     metrics = document["metrics"]
     total = sum(times.values())
     rows = []
     for name in ("router", "oracle", "random", "uncertainty"):
-        rows.append(
-            {
-                "table": "Two models: held-out test queries",
-                "router": name,
-                "apgr": round(metrics[f"{name}_apgr"], 4),
-                "cpt_20_pct": round(100 * metrics[f"{name}_cpt_20"], 1),
-                "cpt_50_pct": round(100 * metrics[f"{name}_cpt_50"], 1),
-                "cpt_80_pct": round(100 * metrics[f"{name}_cpt_80"], 1),
-                "hull_area": round(metrics[f"{name}_hull_area"], 4),
-            }
-        )
+        for seed, doc in zip(seeds, documents, strict=True):
+            if name != "router" and seed != seeds[0]:
+                continue  # the baselines do not depend on the router's seed
+            m = doc["metrics"]
+            rows.append(
+                {
+                    "table": "Two models: held-out test queries",
+                    "router": name if name != "router" else f"router (seed {seed})",
+                    "apgr": round(m[f"{name}_apgr"], 4),
+                    "cpt_20_pct": round(100 * m[f"{name}_cpt_20"], 1),
+                    "cpt_50_pct": round(100 * m[f"{name}_cpt_50"], 1),
+                    "cpt_80_pct": round(100 * m[f"{name}_cpt_80"], 1),
+                    "hull_area": round(m[f"{name}_hull_area"], 4),
+                    "label_accuracy": round(m["label_accuracy_test"], 3)
+                    if name == "router"
+                    else None,
+                }
+            )
     for target in document["thresholds"]:
         rows.append(
             {
@@ -173,13 +207,28 @@ def run(args: Any) -> None:
         rows.append(
             {"table": "Node times (s)", "node": key.removesuffix("_s"), "seconds": round(value, 1)}
         )
-    for key in ("ladder_router_hull_area", "ladder_oracle_hull_area"):
+    for key in (
+        "ladder_router_hull_area",
+        "ladder_router_lambda_hull_area",
+        "ladder_oracle_hull_area",
+    ):
         if key in metrics:
             rows.append({"table": "Ladder", "curve": key, "value": round(metrics[key], 4)})
-    apgr, cpt50 = metrics["router_apgr"], metrics["router_cpt_50"]
+    apgr = sum(d["metrics"]["router_apgr"] for d in documents) / len(documents)
+    cpt50 = sum(d["metrics"]["router_cpt_50"] for d in documents) / len(documents)
     targets = [
-        common.target("router APGR (held-out)", ">= 0.75", round(apgr, 4), apgr >= 0.75),
-        common.target("router CPT(50%) (held-out)", "<= 20%", f"{100 * cpt50:.1f}%", cpt50 <= 0.2),
+        common.target(
+            f"router APGR (held-out, mean of {len(seeds)} seeds)",
+            ">= 0.75",
+            round(apgr, 4),
+            apgr >= 0.75,
+        ),
+        common.target(
+            f"router CPT(50%) (held-out, mean of {len(seeds)} seeds)",
+            "<= 20%",
+            f"{100 * cpt50:.1f}%",
+            cpt50 <= 0.2,
+        ),
         common.target(
             "outcomes + router training + evaluation, conf/base sizes",
             f"<= {BUDGET_S:.0f} s",
@@ -217,6 +266,8 @@ def run(args: Any) -> None:
         "prompt_tokens": params["queries"]["prompt_tokens"],
         "reference_tokens": params["queries"]["reference_tokens"],
         "epochs": params["training"]["num_train_epochs"],
+        "seeds": args.seeds,
+        "scoring_batch_size": params["outcomes"]["batch_size"],
     }
     common.write_result(
         common.result_path(NAME, args),
@@ -235,6 +286,8 @@ def main() -> None:
     parser = common.make_parser(__doc__)
     parser.add_argument("--base-steps", type=int, default=300)
     parser.add_argument("--ladder", default="", help="e.g. 2,4,8 (default: the two-model config)")
+    parser.add_argument("--base-path", default="", help="a saved base LM bundle folder to use")
+    parser.add_argument("--seeds", default="42,43", help="router training seeds")
     run(parser.parse_args())
 
 

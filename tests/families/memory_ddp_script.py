@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from memory_tiny import MaskedChats, tiny_memory_model, tiny_training  # noqa: E402
 
+from router_pipelines.models.memory import LoraSettings  # noqa: E402
+from router_pipelines.pipelines.memory.checkpoint_files import seed_config  # noqa: E402
 from router_pipelines.pipelines.memory.training import train_memory_model  # noqa: E402
 
 
@@ -37,6 +39,7 @@ def main(output_dir: str) -> None:
         {"chat": MaskedChats(8, seed=2)},
         lora=False,
         on_counts=lambda c, step: counts.append(c.tolist()),
+        seed_config=seed_config(model.memory_config, LoraSettings(), config),
     )
     from accelerate import PartialState
 

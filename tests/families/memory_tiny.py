@@ -31,12 +31,16 @@ class MaskedChats(Dataset):
         return {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
 
 
-def tiny_memory_model(lora: bool = False, top_k: int = 2, seed: int = 0):
+def tiny_memory_model(
+    lora: bool = False, top_k: int = 2, seed: int = 0, router_input: str = "mean"
+):
     from tiny_models import tiny_gpt2
 
     torch.manual_seed(0)
     base = tiny_gpt2()
-    adapter = MemoryConfig(num_memory_tokens=64, chapter_size=8, top_k=top_k, num_heads=2)
+    adapter = MemoryConfig(
+        num_memory_tokens=64, chapter_size=8, top_k=top_k, num_heads=2, router_input=router_input
+    )
     return build_memory_model(base, adapter, LoraSettings(enabled=lora, r=4), False, seed)
 
 

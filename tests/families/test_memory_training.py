@@ -16,7 +16,7 @@ from memory_tiny import MaskedChats, tiny_memory_model, tiny_training
 from safetensors.torch import load_file
 
 from router_pipelines.families.memory import make_memory_loss, utilisation_callback
-from router_pipelines.pipelines.memory.training import train_memory_model
+from router_pipelines.pipelines.memory.training import calibrate_routers, train_memory_model
 from router_pipelines.training import Trainer
 
 SCRIPT = Path(__file__).with_name("memory_ddp_script.py")
@@ -27,10 +27,15 @@ class Crash(Exception):
     pass
 
 
-def test_resume_mid_run_equals_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("router_input", ["mean", "standardised"])
+def test_resume_mid_run_equals_an_uninterrupted_run(tmp_path, router_input):
     data, eval_sets = MaskedChats(24, seed=1), {"chat": MaskedChats(8, seed=2)}
     reference, _ = train_memory_model(
-        tiny_memory_model(), tiny_training(str(tmp_path / "ref")), data, eval_sets, lora=False
+        tiny_memory_model(router_input=router_input),
+        tiny_training(str(tmp_path / "ref")),
+        data,
+        eval_sets,
+        lora=False,
     )
     loss = make_memory_loss({"load_balance": 0.05})
 
@@ -40,9 +45,11 @@ def test_resume_mid_run_equals_an_uninterrupted_run(tmp_path):
         return loss(model, batch, step)
 
     config = tiny_training(str(tmp_path / "out"))
+    crashed = tiny_memory_model(router_input=router_input)
+    calibrate_routers(crashed, data, config)
     with pytest.raises(Crash):
         Trainer(
-            tiny_memory_model(),
+            crashed,
             crash_at_4,
             data,
             eval_sets,
@@ -53,7 +60,7 @@ def test_resume_mid_run_equals_an_uninterrupted_run(tmp_path):
     saved = load_file(run_dir / "checkpoint-4" / "model.safetensors")
     assert saved and all(name.startswith("memory.") for name in saved)  # trainable only
     resumed, _ = train_memory_model(
-        tiny_memory_model(seed=7),  # another adapter init: the checkpoint must overwrite it
+        tiny_memory_model(seed=7, router_input=router_input),  # the checkpoint overwrites it
         tiny_training(str(tmp_path / "out"), resume_from_checkpoint="latest"),
         data,
         eval_sets,
@@ -131,6 +138,13 @@ def test_two_ddp_processes_train_with_unpicked_chapters(tmp_path):
     assert all(r["max_chapters_picked_per_step"] < 8 for r in reports)
     assert reports[0]["eval_counts"] == reports[1]["eval_counts"]  # reduced over processes
     assert sum(map(sum, reports[0]["eval_counts"])) == 2 * 8  # 2 layers x 8 eval sequences
+    # the seed's files, gathered from both processes and written once by the main process
+    (run_dir,) = (p for p in tmp_path.iterdir() if p.is_dir() and p.name != "hf_home")
+    for step in (2, 4):
+        folder = run_dir / f"checkpoint-{step}"
+        assert (folder / "config.yaml").is_file() and (
+            folder / "consolidated.safetensors"
+        ).is_file()
 
 
 def test_the_lr_finder_sweeps_memory_lr_and_leaves_the_model_unchanged(tmp_path):
@@ -148,3 +162,45 @@ def test_the_lr_finder_sweeps_memory_lr_and_leaves_the_model_unchanged(tmp_path)
     torch.testing.assert_close(model.state_dict(), before, atol=0, rtol=0)
     assert training.memory_lr == pytest.approx(result.suggestion)
     assert 1e-4 <= training.memory_lr <= 1.0
+
+
+def test_every_checkpoint_has_the_seeds_layout_and_a_consolidated_file_that_rebuilds_the_model(
+    tmp_path,
+):
+    import yaml
+    from tiny_models import tiny_gpt2
+
+    from router_pipelines.models.memory import LoraSettings
+    from router_pipelines.pipelines.memory.checkpoint_files import load_consolidated, seed_config
+
+    model = tiny_memory_model(lora=True)
+    config = tiny_training(str(tmp_path / "run"), max_steps=5, save_total_limit=None)
+    layout = seed_config(model.memory_config, LoraSettings(enabled=True, r=4), config)
+    result, _ = train_memory_model(
+        model, config, MaskedChats(24, seed=1), {"chat": MaskedChats(8, seed=2)}, lora=True,
+        seed_config=layout,
+    )  # fmt: skip
+    (run_dir,) = (tmp_path / "run").iterdir()
+    steps = sorted(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoint-*"))
+    assert steps == [2, 4, 5]  # save_steps 2, and the end of training
+    for step in steps:
+        folder = run_dir / f"checkpoint-{step}"
+        names = {p.name for p in folder.iterdir()}
+        assert {"config.yaml", "trainer_state.json", "model.safetensors", "optimizer.bin"} <= names
+        assert "scheduler.bin" in names and "consolidated.safetensors" in names
+        written = yaml.safe_load((folder / "config.yaml").read_text())
+        assert written["memory"]["top_k"] == 2 and written["lora"]["r"] == 4
+        assert written["training"]["memory_lr"] == config.memory_lr
+    # the last checkpoint's consolidated file is the trained model, base and LoRA included
+    torch.manual_seed(123)
+    rebuilt = load_consolidated(run_dir / "checkpoint-5", tiny_gpt2())
+    batch = MaskedChats(4, seed=3)[0]
+    ids = batch["input_ids"][None]
+    torch.testing.assert_close(
+        rebuilt(input_ids=ids).logits, result.model.eval()(input_ids=ids).logits
+    )
+    # the engine's own checkpoint stays trainable-only
+    assert all(
+        "lora_" in n or n.startswith("memory.")
+        for n in load_file(run_dir / "checkpoint-5" / "model.safetensors")
+    )

@@ -19,6 +19,7 @@ from router_pipelines.families.precision_router import (
     allocate_exact,
     allocate_greedy,
     calibrate_price,
+    fisher_sensitivities,
     layer_sensitivities,
     make_router_loss,
     mean_bits,
@@ -93,6 +94,43 @@ def test_exact_allocator_matches_brute_force_on_a_tiny_model():
     for budget in (3.0, 4.0, 5.0, 6.0):
         exact = allocate_exact(sensitivity, params, WIDTHS, budget)
         assert exact == _brute_force(sensitivity, params, WIDTHS, budget)[1]
+
+
+def test_fisher_sensitivity_ranks_a_badly_quantized_layer_first_and_allocates_exactly():
+    router = _router(n_layer=3)
+    frozen = {k: v.clone() for k, v in router.quantized.state_dict().items()}
+    # block 1's lowest width made coarse: its 2-bit steps x8, a large quantization error
+    for layer in router._routed[1]:
+        with torch.no_grad():
+            layer.weight_quantizer.quantizers["2"].step.mul_(8.0)
+    batches = _batches(2, 3)
+    sensitivity = fisher_sensitivities(router, batches)
+    assert sensitivity.shape == (3, 3) and (sensitivity[:, -1] == 0).all()
+    assert (sensitivity[:, :-1] > 0).all()
+    assert int(np.argmax(sensitivity[:, 0])) == 1, sensitivity
+    # the frozen model: untouched apart from the step we changed, and still frozen
+    assert all(not p.requires_grad for p in router.quantized.parameters())
+    changed = [k for k, v in router.quantized.state_dict().items() if not torch.equal(v, frozen[k])]
+    assert changed and all(".quantizers.2.step" in k for k in changed)
+    params = [int(p) for p in router.layer_params.tolist()]
+    for budget in (3.0, 4.0, 5.0, 6.0):
+        exact = allocate_exact(sensitivity, params, WIDTHS, budget)
+        assert exact == _brute_force(sensitivity, params, WIDTHS, budget)[1]
+        assert exact[1] != 2, "the badly quantized layer is not given its coarse width"
+
+
+def test_static_initialisation_reproduces_the_static_assignment():
+    router = _router(n_layer=3)
+    batch = _batches(1, 5)[0]
+    widths = [8, 2, 4]
+    router.init_static(widths)
+    routed = router.infer_forward(batch["input_ids"], batch["attention_mask"])
+    assert (routed["choices"] == torch.tensor(widths)).all()
+    forced = router.infer_forward(batch["input_ids"], batch["attention_mask"], forced=widths)
+    torch.testing.assert_close(routed["logits"], forced["logits"])
+    assert realised_bits(router, [batch], 0.0) == pytest.approx(mean_bits(widths, [1, 1, 1]))
+    with pytest.raises(ValueError, match="widths"):
+        router.init_static([8, 3, 4])
 
 
 def test_random_assignments_stay_within_budget_and_are_seeded():

@@ -9,10 +9,15 @@ from router_pipelines.families.query_router import (
     apgr,
     calibrate_threshold,
     cpt,
+    expected_gaps,
     hull_area,
+    label_gap_means,
     ladder_choice,
     ladder_curve,
     ladder_oracle_curve,
+    lambda_choice,
+    lambda_curve,
+    lambda_for_budget,
     oracle_scores,
     random_scores,
     router_metrics,
@@ -123,3 +128,31 @@ def test_ladder_takes_the_cheapest_rung_predicted_good_enough():
     # lambda 0.1: each query takes its cheapest rung with quality 1
     np.testing.assert_allclose(oracle[1], [7 / 3, 1.0])
     np.testing.assert_allclose(oracle[2], [1.0, 1 / 3])
+
+
+def test_lambda_rule_picks_the_best_predicted_quality_minus_cost_by_hand():
+    # Scores mean these gaps to the strongest rung (training means); score 4 was never seen.
+    gaps = np.array([3.0, 2.5, 1.0, 0.2, 0.0, 2.0])
+    labels = np.array([1, 1, 2, 3, 5, 2])
+    means = label_gap_means(gaps, labels)
+    np.testing.assert_allclose(means, [2.75, 1.5, 0.2, 0.1, 0.0])  # 4: between 3 and 5
+    # Two queries, rungs (cheap, middle, strong); the lower rungs' score distributions:
+    dist = np.zeros((2, 2, 5))
+    dist[0, 0, 4] = dist[0, 1, 4] = 1.0  # query 0: both lower rungs surely good (gap 0)
+    dist[1, 0, 0] = 1.0  # query 1: the cheap rung fails (gap 2.75) ...
+    dist[1, 1, 2] = 1.0  # ... the middle one is fair (gap 0.2)
+    predicted = expected_gaps(dist, means)
+    np.testing.assert_allclose(predicted, [[0, 0, 0], [2.75, 0.2, 0]])
+    cost = np.array([1.0, 2.0, 4.0])
+    # lambda 0: quality only (query 1: -2.75, -0.2, 0); ties go to the cheaper rung
+    assert lambda_choice(predicted, cost, 0.0).tolist() == [0, 2]
+    # lambda 0.4: query 1: -3.15, -1.0, -1.6 -> the middle rung
+    assert lambda_choice(predicted, cost, 0.4).tolist() == [0, 1]
+    # lambda 5: -7.75, -10.2, -20 -> the cheapest
+    assert lambda_choice(predicted, cost, 5.0).tolist() == [0, 0]
+    quality = np.array([[5.0, 5.0, 5.0], [0.0, 1.0, 3.0]])
+    realised = np.array([[1.0, 2.0, 4.0], [1.5, 2.5, 4.5]])
+    points = lambda_curve(predicted, cost, quality, realised, [0.0, 0.4, 5.0])
+    np.testing.assert_allclose(points, [[2.75, 4.0], [1.75, 3.0], [1.25, 2.5]])
+    # a budget of 1.5 per query: lambda 0.4 costs (1 + 2) / 2 = 1.5 and is the smallest that fits
+    assert lambda_for_budget(predicted, cost, 1.5, [0.0, 0.05, 0.4, 5.0]) == 0.4

@@ -29,7 +29,12 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"shared_chapters": 1}, {"bank_rank": 4, "projection_rank": 8, "memory_dim": 16}],
+    [
+        {},
+        {"shared_chapters": 1},
+        {"bank_rank": 4, "projection_rank": 8, "memory_dim": 16},
+        {"router_input": "standardised", "router_noise": 1.0},
+    ],
 )
 def test_zero_initialised_output_gives_the_base_logits_at_step_0(build, options):
     torch.manual_seed(0)
@@ -87,6 +92,47 @@ def test_router_weights_are_renormalised_top_k_probabilities():
     assert (picked.min(-1).values >= probs.topk(3, -1).values[:, 2] - 1e-7).all()
 
 
+def test_calibration_standardises_each_routers_pooled_input_and_keeps_the_exact_start():
+    torch.manual_seed(0)
+    base = tiny_gpt2()
+    model = MemoryAdapter(base, MemoryConfig(**SMALL, router_input="standardised")).eval()
+    batches = [_batch(seed) for seed in range(4)]
+    expected = [base(**b).logits for b in batches]
+    pooled = {key: [] for key in model.memory["layers"]}
+    for key, layer in model.memory["layers"].items():
+        layer.router.register_forward_hook(
+            lambda m, args, out, key=key: pooled[key].append((m.pool(*args) - m.center) / m.scale)
+        )
+    assert model.calibrate_routers(batches) == 12
+    for key in pooled:
+        pooled[key].clear()
+    with torch.no_grad():
+        for b, logits in zip(batches, expected, strict=True):
+            assert torch.equal(model(**b).logits, logits)  # W_o is still zero
+    for values in pooled.values():
+        values = torch.cat(values)
+        torch.testing.assert_close(values.mean(0), torch.zeros(32), atol=1e-5, rtol=0)
+        torch.testing.assert_close(values.std(0), torch.ones(32), atol=1e-5, rtol=0)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {"memory.layers.0.router.center", "memory.layers.0.router.scale"} <= names
+    plain = MemoryAdapter(tiny_gpt2(), MemoryConfig(**SMALL))
+    assert plain.calibrate_routers(batches) == 0  # the seed's router has nothing to calibrate
+
+
+def test_router_noise_changes_the_picks_in_training_only_and_weights_stay_clean():
+    torch.manual_seed(0)
+    model = MemoryAdapter(tiny_gpt2(), MemoryConfig(**SMALL, router_noise=5.0))
+    batch = {k: v.repeat(8, 1) for k, v in _batch().items()}
+    with torch.no_grad():
+        clean = model.eval()(**batch).routing[0]
+        assert torch.equal(model(**batch).routing[0]["indices"], clean["indices"])  # eval: none
+        noisy = model.train()(**batch).routing[0]
+    assert not torch.equal(noisy["indices"], clean["indices"])
+    probs = noisy["logits"].softmax(-1).gather(1, noisy["indices"])
+    torch.testing.assert_close(noisy["weights"], probs / probs.sum(-1, keepdim=True))
+    torch.testing.assert_close(noisy["logits"], clean["logits"])
+
+
 def test_padding_does_not_change_the_routing_of_a_sequence():
     torch.manual_seed(0)
     model = MemoryAdapter(tiny_gpt2(), MemoryConfig(**SMALL)).eval()
@@ -132,6 +178,31 @@ def test_lora_and_memory_train_together_and_save_merged(tmp_path):
     torch.testing.assert_close(loaded(**batch).logits, expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)]
+)
+def test_save_precision_writes_and_loads_the_folder_at_that_dtype(tmp_path, precision, dtype):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = MemoryAdapter(tiny_gpt2(), MemoryConfig(**SMALL)).eval()
+    with torch.no_grad():
+        for layer in model.memory["layers"].values():
+            layer.o_proj.weight.normal_(std=0.2)
+    batch = _batch()
+    expected = model(**batch).logits
+    model.save_dtype = precision
+    model.save_pretrained(tmp_path)
+    assert {t.dtype for t in load_file(tmp_path / "memory.safetensors").values()} == {dtype}
+    assert {t.dtype for t in load_file(tmp_path / "model.safetensors").values()} == {dtype}
+    loaded = load_memory_model(tmp_path)
+    assert {p.dtype for p in loaded.parameters()} == {dtype}
+    assert next(model.parameters()).dtype == torch.float32  # the trained model is untouched
+    logits = loaded(**batch).logits.float()
+    assert (logits - expected).abs().max() < 0.1  # the rounding of 16-bit weights, no more
+    assert not torch.equal(logits, expected)
+
+
 def test_greedy_generate_appends_tokens_and_stops_at_eos():
     torch.manual_seed(0)
     model = MemoryAdapter(tiny_gpt2(), MemoryConfig(**SMALL)).eval()
@@ -149,6 +220,8 @@ def test_greedy_generate_appends_tokens_and_stops_at_eos():
         ({"num_memory_tokens": 30}, "num_memory_tokens: 30 is not divisible by chapter_size 8"),
         ({"memory_layers": []}, "memory_layers: expected a non-empty list"),
         ({"chapter_size": 0}, "chapter_size"),
+        ({"router_input": "max"}, "router_input: 'max' is not allowed"),
+        ({"router_noise": -1.0}, "router_noise: must be >= 0"),
     ],
 )
 def test_bad_shapes_are_refused_naming_the_value(options, message):

@@ -12,6 +12,8 @@ from router_pipelines.models.bundle import ModelBundle, load_bundle, save_bundle
 from router_pipelines.models.query_router import (
     LABEL_TOKENS,
     add_label_tokens,
+    answer_label_logits,
+    answer_logits,
     expected_score,
     label_token_ids,
     p_strong,
@@ -112,13 +114,15 @@ def test_loss_mask_covers_only_the_label_token():
     }
     loss, metrics = make_router_loss(ids)(model, batch, 0)
     logits = model(input_ids=examples.input_ids, attention_mask=examples.attention_mask).logits
+    # The loss is the 5-way cross-entropy at the answer position (the token before the label).
     by_hand = torch.stack(
         [
-            torch.nn.functional.cross_entropy(logits[0, 2], torch.tensor(ids[1])),
-            torch.nn.functional.cross_entropy(logits[1, 4], torch.tensor(ids[4])),
+            torch.nn.functional.cross_entropy(logits[0, 2, ids], torch.tensor(1)),
+            torch.nn.functional.cross_entropy(logits[1, 4, ids], torch.tensor(4)),
         ]
     ).mean()
     torch.testing.assert_close(loss, by_hand)
+    torch.testing.assert_close(metrics["label_nll"], by_hand)
     assert int(metrics["tokens"]) == 2
     # predict_scores reads the same position: the distribution at the prompt's last token.
     dist = predict_scores(model, tokenizer, ["abc", "hello"])
@@ -133,3 +137,29 @@ def test_examples_refuse_a_label_outside_1_to_5_and_too_long_prompts():
         RouterExamples(["abc"], [6], tokenizer, max_length=32)
     with pytest.raises(ValueError, match="exceed the router model's 4 positions"):
         RouterExamples(["abcdef"], [3], tokenizer, max_length=4)
+
+
+@pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
+def test_label_logits_at_the_answer_position_equal_the_full_logits(build):
+    """The fast path (hidden state at the answer position, LM head on the five label rows only)
+    gives exactly the full-vocabulary logits' label columns, for right-padded batches."""
+    torch.manual_seed(0)
+    model, tokenizer = build(), char_tokenizer()
+    ids = add_label_tokens(model, tokenizer)
+    with torch.no_grad():  # make the label rows differ so a wrong row would show
+        model.get_output_embeddings().weight[ids] += torch.randn(5, model.config.hidden_size)
+    examples = RouterExamples(["abc", "hello there", "x"], [1, 3, 5], tokenizer, max_length=32)
+    prompt_mask = examples.attention_mask.clone()
+    prompt_mask[torch.arange(3), examples.attention_mask.sum(1) - 1] = 0  # drop the label token
+    fast = answer_label_logits(model, examples.input_ids, prompt_mask, ids)
+    full = answer_logits(model, examples.input_ids, prompt_mask)[:, ids]
+    torch.testing.assert_close(fast, full.float(), rtol=1e-5, atol=1e-5)
+    # The training loss reads the same logits through the label mask.
+    batch = {
+        "input_ids": examples.input_ids,
+        "labels": examples.labels,
+        "attention_mask": examples.attention_mask,
+    }
+    loss, _ = make_router_loss(ids)(model, batch, 0)
+    expected = torch.nn.functional.cross_entropy(full.float(), torch.tensor([0, 2, 4]))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)

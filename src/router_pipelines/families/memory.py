@@ -180,24 +180,46 @@ def utilisation_callback(eval_set: str = "eval", max_batches: int | None = None,
 
 
 def chapter_usage_figure(counts: Any, layer_indices: Sequence[int], title: str) -> Any:
-    """A bar chart of each memory layer's share of picks per chapter (matplotlib object API)."""
+    """A bar chart of each memory layer's share of picks per chapter (matplotlib object API).
+
+    The legend (above the axes, so it never covers a bar) gives each layer's utilisation
+    entropy and its count of chapters never picked, which are marked with an ``x`` on the axis.
+    """
     import numpy as np
     from matplotlib.figure import Figure
 
     counts = np.asarray(counts, dtype=float)
     shares = counts / np.maximum(counts.sum(-1, keepdims=True), 1.0)
     layers, chapters = shares.shape
-    figure = Figure(figsize=(max(5.0, 0.5 * chapters + 2), 3.5))
+    per_layer = [utilisation(torch.as_tensor(row[None])) for row in counts]
+    figure = Figure(
+        figsize=(min(12.0, max(5.5, 0.35 * chapters * max(layers, 1) ** 0.5 + 2.5)), 4.0)
+    )
     axis = figure.subplots()
     width = 0.8 / max(layers, 1)
     positions = np.arange(chapters)
     for row, layer in enumerate(layer_indices):
-        axis.bar(positions + row * width, shares[row], width, label=f"layer {layer}")
-    axis.axhline(1.0 / chapters, color="grey", linestyle="--", linewidth=1, label="uniform")
-    axis.set_xticks(positions + 0.4 - width / 2, [str(c) for c in range(chapters)])
+        usage = per_layer[row]
+        label = (
+            f"layer {layer}: H/log C = {usage['utilisation_entropy']:.2f}, "
+            f"{usage['dead_chapters']} unused"
+        )
+        x = positions + row * width
+        bars = axis.bar(x, shares[row], width, label=label)
+        dead = shares[row] == 0
+        if dead.any():  # a zero-height bar is invisible: mark the chapters never picked
+            axis.plot(x[dead], np.zeros(int(dead.sum())), "x", color=bars.patches[0].get_facecolor(),
+                      markersize=7, markeredgewidth=2, clip_on=False)  # fmt: skip
+    axis.axhline(1.0 / chapters, color="grey", linestyle="--", linewidth=1, label="uniform (1/C)")
+    step = max(1, chapters // 32)  # at most ~32 tick labels
+    axis.set_xticks(
+        (positions + 0.4 - width / 2)[::step], [str(c) for c in range(0, chapters, step)]
+    )
+    axis.set_xlim(-0.6, chapters - 0.2)
+    axis.set_ylim(0, max(float(shares.max()) * 1.1, 1.5 / chapters))
     axis.set_xlabel("chapter")
     axis.set_ylabel("share of top-k picks")
-    axis.set_title(title)
-    axis.legend(fontsize=7, ncols=min(layers + 1, 4))
+    axis.set_title(title, pad=8 + 14 * ((layers + 2) // 2))
+    axis.legend(fontsize=8, ncols=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     figure.tight_layout()
     return figure

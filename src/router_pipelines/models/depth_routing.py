@@ -126,6 +126,11 @@ class RoutedComputation(nn.Module):
         self.mode = "topk"
         self.layer_idx = _layer_index(block)
         self.last: RoutingRecord | None = None
+        # (B, S) bool, True at real tokens, of the forward now running when its 2-D attention
+        # mask pads (set by DepthRoutingLM; None without padding). The last T columns are this
+        # forward's tokens: with a KV cache the model's 4-D mask covers the dense cache, not a
+        # routed block's own slots, so padded keys are hidden through this instead.
+        self.padding: torch.Tensor | None = None
 
     def choose(
         self, scores: torch.Tensor, router_logits: torch.Tensor, x: torch.Tensor
@@ -166,7 +171,11 @@ class RoutedComputation(nn.Module):
         positions = _gather(position_ids.expand(batch, length), idx)
         cos, sin = (e.expand(batch, *e.shape[1:]) for e in position_embeddings)
         decoding = bool(use_cache) and past_key_values is not None
-        mask = self._mask(x, idx, valid, positions, attention_mask, past_key_values, decoding)
+        keys = valid
+        real = self.real_tokens(length)
+        if decoding and real is not None:
+            keys = valid & _gather(real, idx)  # a padding token is never attended
+        mask = self._mask(x, idx, keys, positions, attention_mask, past_key_values, decoding)
         x_sel = _gather(x, idx)  # (B, K, d)
         out = self.block(
             x_sel,
@@ -181,6 +190,12 @@ class RoutedComputation(nn.Module):
         routed = torch.where(valid[..., None], x_sel + g * (out - x_sel), x_sel)
         return scatter_back(x, idx, routed)
 
+    def real_tokens(self, length: int) -> torch.Tensor | None:
+        """(B, length) bool, True at this forward's real (not padding) tokens, or ``None``."""
+        if self.padding is None:
+            return None
+        return self.padding[:, -length:]
+
     def _mask(
         self,
         x: torch.Tensor,
@@ -192,8 +207,10 @@ class RoutedComputation(nn.Module):
         decoding: bool,
     ) -> torch.Tensor | None:
         """The additive (B, 1, K, S) mask of the selected tokens: causal by true position,
-        within their own sequence, keys of padding slots hidden; ``None`` where SDPA's causal
-        flag says the same (all slots real, no cache, no mask from the model)."""
+        within their own sequence, keys of padding slots (and, decoding, padding tokens:
+        ``valid`` is False there) hidden; ``None`` where SDPA's causal flag says the same (all
+        slots real, no cache, no mask from the model). Every row keeps its own key, so no row
+        is empty (SDPA would give NaN)."""
         k = idx.shape[1]
         eye = torch.eye(k, dtype=torch.bool, device=x.device)[None]
         if decoding:

@@ -85,6 +85,18 @@ def make_depth_routing(model: PreTrainedModel, config: DepthRoutingConfig) -> Pr
     return model
 
 
+def _share_padding(model: nn.Module, args: tuple, kwargs: dict) -> None:
+    """Forward pre-hook of the HF model: hand the routed blocks the forward's padding (its 2-D
+    attention mask, when it has a 0), see ``RoutedComputation.padding``."""
+    mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+    padding = None
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
+        padding = mask.bool()
+    for module in model.modules():
+        if isinstance(module, RoutedComputation):
+            module.padding = padding
+
+
 def cached_generation_ok(model: nn.Module) -> bool:
     _, blocks = find_decoder_blocks(model)
     return not isinstance(blocks[0], MoDBlock)
@@ -99,6 +111,7 @@ class DepthRoutingLM(nn.Module):
         self.routing_config = config
         if not self.routed_modules():
             raise ValueError("model: has no routed block; build it with DepthRoutingLM.from_base")
+        model.register_forward_pre_hook(_share_padding, with_kwargs=True)
 
     @classmethod
     def from_base(cls, model: PreTrainedModel, config: DepthRoutingConfig) -> DepthRoutingLM:
@@ -157,7 +170,7 @@ class DepthRoutingLM(nn.Module):
         self.train(was_training)
         thresholds = []
         for store, module in zip(logits, self.routed_modules(), strict=True):
-            values = torch.cat(store).float()
+            values = torch.cat(store).float().cpu()  # quantile off MPS: a small host tensor
             gamma = module.routing.capacity_gamma
             threshold = torch.quantile(values, 1 - gamma) if gamma < 1 else values.min() - 1
             module.routing.causal_threshold.fill_(float(threshold))

@@ -34,15 +34,25 @@ from router_pipelines.models.depth_routing import (
 def causal_moving_average(
     values: torch.Tensor, window: int, history: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean of each position's last ``window`` values, itself included (B, T).
+    """Mean of each position's last ``window`` values, itself included (B, T); NaN values
+    (padding tokens) are left out of every mean (an all-NaN window gives 0).
 
     ``history`` (B, H) are the values before ``values`` (KV-cache decoding).
     """
     full = values if history is None else torch.cat([history, values], dim=1)
-    sums = torch.nn.functional.pad(full.cumsum(dim=1), (1, 0))  # (B, H + T + 1)
+    present = ~torch.isnan(full)
+    if bool(present.all()):
+        sums = torch.nn.functional.pad(full.cumsum(dim=1), (1, 0))  # (B, H + T + 1)
+        ends = torch.arange(1, full.shape[1] + 1, device=full.device)
+        starts = (ends - window).clamp(min=0)
+        means = (sums[:, ends] - sums[:, starts]) / (ends - starts).to(full.dtype)
+        return means[:, full.shape[1] - values.shape[1] :]
+    sums = torch.nn.functional.pad(full.nan_to_num(0.0).cumsum(dim=1), (1, 0))
+    counts = torch.nn.functional.pad(present.to(full.dtype).cumsum(dim=1), (1, 0))
     ends = torch.arange(1, full.shape[1] + 1, device=full.device)
     starts = (ends - window).clamp(min=0)
-    means = (sums[:, ends] - sums[:, starts]) / (ends - starts).to(full.dtype)
+    count = (counts[:, ends] - counts[:, starts]).clamp(min=1)
+    means = (sums[:, ends] - sums[:, starts]) / count
     return means[:, full.shape[1] - values.shape[1] :]
 
 
@@ -64,15 +74,18 @@ class SurpriseGate(nn.Module):
         posterior: torch.Tensor,
         prior: torch.Tensor,
         history: torch.Tensor | None = None,
+        real: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """gate, s_ce, s_cu, d_st, d_ch, ce, cu: each (B, T), in fp32 at least."""
+        """gate, s_ce, s_cu, d_st, d_ch, ce, cu: each (B, T), in fp32 at least; ``d_st_ma``:
+        D_st as the moving average sees it (NaN at padding tokens, ``real`` False there)."""
         dtype = torch.promote_types(original.dtype, torch.float32)
         original, posterior, prior = (t.to(dtype) for t in (original, posterior, prior))
         d_st = (posterior - original).pow(2).mean(dim=-1)
         d_ch = (posterior - prior).pow(2).mean(dim=-1)
         ce = d_st - (d_ch - self.log_ce_offset.to(dtype))
+        seen = d_st if real is None else d_st.masked_fill(~real, float("nan"))
         cu = d_st - self.cu_multiplier.to(dtype) * causal_moving_average(
-            d_st, self.ma_window, history
+            seen, self.ma_window, history
         )
         s_ce = torch.sigmoid(self.beta_ce.to(dtype) * ce)
         s_cu = torch.sigmoid(self.beta_cu.to(dtype) * cu)
@@ -85,6 +98,7 @@ class SurpriseGate(nn.Module):
             "d_ch": d_ch,
             "ce": ce,
             "cu": cu,
+            "d_st_ma": seen,
         }
 
 
@@ -138,9 +152,10 @@ class DTFPair(nn.Module):
         prior = original + self.prior_ffn(self.prior_norm(original))
         decoding = bool(use_cache) and past_key_values is not None
         history = self._history(past_key_values) if decoding else None
-        gates = self.gate(original, posterior, prior, history)
+        real = self.routing.real_tokens(hidden_states.shape[1])
+        gates = self.gate(original, posterior, prior, history, real)
         if decoding:
-            self._remember(past_key_values, history, gates["d_st"].detach())
+            self._remember(past_key_values, history, gates["d_st_ma"].detach())
         selected, target, predictor_logits = self.routing.choose(
             gates["gate"], gates["gate"], posterior
         )

@@ -165,6 +165,27 @@ class LayerwiseQuantizeForCausalLM(nn.Module):
     def router_parameters(self) -> list[nn.Parameter]:
         return list(self.routers.parameters())
 
+    @torch.no_grad()
+    def init_static(self, widths: Sequence[int], margin: float = 3.0) -> None:
+        """Start every block's router at one width: the last layer's bias is ``margin`` on
+        ``widths[l]`` and 0 elsewhere, its weights scaled down to 1 %, so the hard choice is
+        that static assignment for every input and training can move away from it only where
+        the input says so (the budget routers start at the best static allocation).
+
+        Raises:
+            ValueError: not one width of :attr:`precisions` per block.
+        """
+        widths = list(widths)
+        if len(widths) != self.num_layers or any(b not in self.precisions for b in widths):
+            raise ValueError(
+                f"widths: expected {self.num_layers} widths from {self.precisions}, got {widths}"
+            )
+        for router, bits in zip(self.routers, widths, strict=True):
+            last = router.net[-1]
+            last.weight.mul_(0.01)
+            last.bias.zero_()
+            last.bias[self.precisions.index(bits)] = float(margin)
+
     def router_state_dict(self) -> dict[str, torch.Tensor]:
         """The routers' weights (and the delta projections), nothing of the frozen model."""
         state = {f"routers.{k}": v for k, v in self.routers.state_dict().items()}

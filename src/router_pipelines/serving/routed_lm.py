@@ -5,6 +5,10 @@ measured cost come back::
     lm = mlflow.pyfunc.load_model("models:/routed_lm/latest")
     lm.predict(["The json module"], params={"max_new_tokens": 20, "target_share": 0.3})
     #    answer  model  p_strong  seconds  bytes
+    lm.predict(["The json module"], params={"lambda": 0.0})  # a ladder: the best predicted rung
+
+Over a ladder of more than two widths (e.g. 2, 4, 8 bits) each query takes the rung with the
+best predicted quality minus lambda x cost (:func:`route_questions`), and is answered by it.
 
 ``seconds`` is the wall time of the generation on the serving machine, ``bytes`` the weight
 bytes read for it (the chosen width's packed weight bytes per generated token). The artifacts
@@ -29,7 +33,11 @@ from router_pipelines.serving.generation import (
 )
 from router_pipelines.serving.query_router import load_routing, route_questions
 
-PARAMS: dict[str, Any] = {"max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "target_share": -1.0}
+PARAMS: dict[str, Any] = {
+    "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
+    "target_share": -1.0,  # two models: < 0 the calibrated threshold, else this strong share
+    "lambda": -1.0,  # a ladder: < 0 the calibrated serving_lambda, else this lambda
+}
 
 
 def signature() -> ModelSignature:
@@ -64,7 +72,11 @@ class RoutedLMModel(PythonModel):
         )
         queries = prompts_from(model_input)
         routes = route_questions(
-            self.router, self.routing, queries, params.get("target_share", PARAMS["target_share"])
+            self.router,
+            self.routing,
+            queries,
+            params.get("target_share", PARAMS["target_share"]),
+            params.get("lambda", PARAMS["lambda"]),
         )
         rows = []
         model = self.bundle.model

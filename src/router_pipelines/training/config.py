@@ -41,6 +41,7 @@ RESULT_NEUTRAL_FIELDS: dict[str, str] = {
     "run_name": "the folder's name",
     "resume_from_checkpoint": "where to continue from; the run is the same either way",
     "progress_bar": "display only",
+    "progress_metrics": "display only",
     "logging_steps": "train logs only read the losses; they touch neither RNG nor weights",
     "num_workers": "the data order is a pure function of (seed, epoch); workers only add speed",
     "save_steps": "when checkpoints are written; saving reads state and resume is bit-exact",
@@ -103,6 +104,9 @@ class TrainingConfig:
     seed: int = 42  # global seed and data-order seed (epoch e shuffles with seed + e)
     num_workers: int = 0  # DataLoader worker processes
     progress_bar: bool = True  # tqdm bar on the main process
+    # train metrics shown in the bar beside loss, lr, tok_s: {metric key: label}, e.g.
+    # {train_ce: CE}; display only, a key not logged at a step is left out
+    progress_metrics: dict[str, str] = field(default_factory=dict)
     ddp_find_unused_parameters: bool = False  # DDP: allow parameters without gradients in a step
 
     def __post_init__(self) -> None:
@@ -166,6 +170,14 @@ class TrainingConfig:
         ):
             check_bool(name, getattr(self, name))
         check_non_empty_str("metric_for_best_model", self.metric_for_best_model)
+        if not isinstance(self.progress_metrics, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k and v
+            for k, v in self.progress_metrics.items()
+        ):
+            raise ValueError(
+                "progress_metrics: expected a mapping of logged metric names to bar labels "
+                f"(e.g. {{train_ce: CE}}), got {self.progress_metrics!r}"
+            )
         if self.greater_is_better is not None:
             check_bool("greater_is_better", self.greater_is_better)
         self.adam_betas = _check_betas(self.adam_betas)

@@ -335,10 +335,16 @@ class Trainer:
         record["epoch"] = state.epoch + state.batch_in_epoch / len(self.train_loader)
         window.reset()
         self._log(record, state.global_step, logs)
+        extra = {
+            label: f"{record[key]:.4g}"
+            for key, label in self.config.progress_metrics.items()
+            if key in record
+        }
         bar.set_postfix(
             loss=f"{record['train_loss']:.4f}",
             lr=f"{record['lr']:.2e}",
             tok_s=f"{record.get('tokens_per_s', 0.0):.0f}",
+            **extra,
         )
 
     def _log(self, metrics: dict[str, float], step: int, logs: dict[str, float]) -> None:

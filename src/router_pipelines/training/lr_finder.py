@@ -193,8 +193,10 @@ def plot_lr_finder(result: LRFinderResult) -> Figure:
     ax = figure.add_subplot()
     ax.plot(result.lrs, result.losses, label="smoothed loss")
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("loss, nats per token (smoothed)")
+    ax.set_title("learning-rate range test")
+    ax.grid(alpha=0.3)
     if result.suggestion is not None:
         ax.axvline(
             result.suggestion,

@@ -1,7 +1,7 @@
-"""End to end, as a user runs it: `kedro run --env=debug --pipeline=mod` (a KedroSession) and
-`--pipeline=dtf` (the real command), in a throw-away project copy with its own MLflow store;
-then the registered model generates through its pyfunc, and a bad value stops a run before
-any node."""
+"""End to end, as a user runs it: `kedro run --env=debug --pipeline=mod` (a KedroSession),
+`--pipelines=dtf` (the real command) and an unchanged `--pipelines=dtf` re-run (reuses the
+saved model), in a throw-away project copy with its own MLflow store; then the registered
+model generates through its pyfunc, and a bad value stops a run before any node."""
 
 from __future__ import annotations
 
@@ -27,20 +27,27 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("depth_routing_e2e") / "project"
     with debug_run(root, "mod") as client:
         mod_registration = json.loads((root / REPORTS / "registration.json").read_text())
+        mod_promotion = json.loads((root / REPORTS / "promotion.json").read_text())
         uri = f"sqlite:///{root / 'mlflow.db'}"
         env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "KEDRO_DISABLE_TELEMETRY": "1"}
         kedro = Path(sys.executable).parent / "kedro"
         # The dense baseline and speed were exercised by the mod run: skip them here (time).
         quick = "depth_routing.dense_baseline.enabled=false,depth_routing.evaluation.speed=false"
-        command = [str(kedro), "run", "--env=debug", "--pipeline=dtf", f"--params={quick}"]
+        command = [str(kedro), "run", "--env=debug", "--pipelines=dtf", f"--params={quick}"]
         done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
-        yield root, client, mod_registration
+        dtf_registration = json.loads((root / REPORTS / "registration.json").read_text())
+        # The same dtf run again, nothing changed: the saved model is reused, not retrained.
+        command = [str(kedro), "run", "--env=debug", "--pipelines=dtf", f"--params={quick}"]
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        yield root, client, mod_registration, mod_promotion, dtf_registration
 
 
-def test_both_pipelines_train_evaluate_and_register(project):
-    root, client, mod_registration = project
-    dtf_registration = json.loads((root / REPORTS / "registration.json").read_text())
+def test_both_pipelines_train_evaluate_register_and_promote(project):
+    from router_pipelines.pipelines.depth_routing.config import HEADLINE_METRICS
+
+    root, client, mod_registration, mod_promotion, dtf_registration = project
     for registration, name in (
         (mod_registration, "mod_lm_debug"),
         (dtf_registration, "dtf_lm_debug"),
@@ -49,21 +56,48 @@ def test_both_pipelines_train_evaluate_and_register(project):
         version = client.get_model_version(name, registration["version"])
         assert version.tags["family"] == "depth_routing"
         assert 0 <= float(version.tags["predictor_accuracy"]) <= 1
-        assert set(registration["metrics"]) >= {"validation_loss", "predictor_accuracy"}
+        assert set(registration["metrics"]) == set(HEADLINE_METRICS)  # what checks.py allows
+        aliases = {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+        assert aliases == {"champion": "1", "challenger": "1"}, "the first version is champion"
+    assert mod_promotion["promoted"] is True and mod_promotion["alias"] == "champion"
     for folder in ("depth_routing", "depth_routing_best"):
         versions = [p for p in (root / MODELS / folder).iterdir() if not p.name.startswith(".")]
-        assert len(versions) == 2  # one per run, never overwritten
+        assert len(versions) == 2  # one per trained model, never overwritten; reuse adds none
+    figure = root / REPORTS / "routing_curve.png"
+    assert figure.is_file() and figure.stat().st_size > 10_000
+
+
+def test_an_unchanged_rerun_reuses_the_saved_model(project):
+    root, client, *_ = project
+    summary = json.loads((root / REPORTS / "training_summary.json").read_text())
+    assert summary["origin"] == "catalog" and summary["model_type"] == "dtf"
+    assert "depth_routing_best" in summary["reused_from"]
+    registration = json.loads((root / REPORTS / "registration.json").read_text())
+    assert (
+        registration["registered"] is False and "not trained in this run" in registration["reason"]
+    )
+    promotion = json.loads((root / REPORTS / "promotion.json").read_text())
+    assert promotion["promoted"] is False and "nothing registered" in promotion["reason"]
+    assert len(client.search_model_versions("name='dtf_lm_debug'")) == 1
     report = json.loads((root / REPORTS / "routing_report.json").read_text())
     assert report["model_type"] == "dtf" and report["capacity_gamma"] == 0.25
-    assert {"s_ce", "s_cu"} <= set(report["router_statistics"]["layers"][0])
-    summary = json.loads((root / REPORTS / "training_summary.json").read_text())
-    assert Path(summary["run_dir"]).parent.name == "dtf"
-    assert (Path(summary["run_dir"]) / "checkpoint-12").is_dir()
     assert json.loads((root / REPORTS / "dense_summary.json").read_text()) == {"enabled": False}
 
 
+def test_the_dtf_run_reports_its_gates_and_checkpoints(project):
+    root, client, _, _, dtf_registration = project
+    version = client.get_model_version("dtf_lm_debug", dtf_registration["version"])
+    run = client.get_run(version.run_id)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "depth_routing")}
+    assert "depth_routing/routing_curve.png" in artifacts  # S_CE / S_CU over training
+    history = client.get_metric_history(run.info.run_id, "depth_routing/train_s_ce")
+    assert history and all(0 <= m.value <= 1 for m in history)
+    checkpoints = root / "data/06_models/debug/checkpoints/depth_routing/dtf"
+    assert any((run_dir / "checkpoint-12").is_dir() for run_dir in checkpoints.iterdir())
+
+
 def test_the_registered_model_generates_causally(project):
-    root, client, mod_registration = project
+    root, client, mod_registration, *_ = project
     model = mlflow.pyfunc.load_model(mod_registration["model_uri"])
     lm = model.unwrap_python_model().bundle.model
     assert lm.routing_mode == "causal" and lm.routing_config.model_type == "mod"
@@ -72,7 +106,7 @@ def test_the_registered_model_generates_causally(project):
 
 
 def test_a_bad_value_stops_the_run_before_any_node(project):
-    root, client, _ = project
+    root, *_ = project
     before = sorted(str(p) for p in (root / "data").rglob("*"))
     with (
         KedroSession.create(

@@ -23,7 +23,7 @@ def pipelines():
 
 def _raw(**changes) -> dict:
     raw = {}
-    for name in ("data_processing", "depth_routing"):
+    for name in ("data_processing", "depth_routing", "promotion"):
         raw.update(yaml.safe_load((CONF / f"base/parameters_{name}.yml").read_text()))
     raw = copy.deepcopy(raw)
     raw["depth_routing"]["training"]["output_dir"] = "data/06_models/checkpoints/depth_routing"
@@ -46,6 +46,18 @@ def _problems(pipelines, name: str, **changes) -> str:
 def test_the_default_parameters_pass(pipelines, name):
     parsed = validate_run(_raw(), pipelines[name], catalog={})
     assert parsed["depth_routing"].model.capacity_gamma is None  # resolved per type
+    assert parsed["depth_routing"].source.source == "auto"  # an unchanged re-run reuses
+
+
+def test_the_promotion_rule_reads_headline_metrics():
+    """The rule's keys are among ``HEADLINE_METRICS`` (that the registration reports exactly
+    those is asserted on a real run, test_depth_routing_e2e.py)."""
+    from router_pipelines.pipelines.depth_routing.config import HEADLINE_METRICS
+
+    rules = yaml.safe_load((CONF / "base/parameters_promotion.yml").read_text())["promotion"]
+    rule = rules["rules"]["depth_routing"]
+    assert rule["greater_is_better"] is False
+    assert {rule["metric"], rule["cost_metric"]} <= set(HEADLINE_METRICS)
 
 
 @pytest.mark.parametrize(
@@ -85,6 +97,22 @@ def test_the_default_parameters_pass(pipelines, name):
             "mod",
             {"depth_routing.mode": "transfer"},
             "depth_routing.mode: 'transfer' needs model.name_or_path",
+        ),
+        (
+            "dtf",
+            {"depth_routing.source.source": "pretrained"},
+            "depth_routing.source.source: 'pretrained' is not a source of routed models",
+        ),
+        (
+            "mod",
+            {"promotion.rules.depth_routing.metric": "validation_perplexity"},
+            "promotion.rules.depth_routing.metric: 'validation_perplexity' is not a metric the "
+            "depth-routing registration reports; choose one of ['validation_loss'",
+        ),
+        (
+            "dtf",
+            {"promotion.rules.depth_routing.cost_metric": "bits"},
+            "promotion.rules.depth_routing.cost_metric: 'bits' is not a metric",
         ),
     ],
 )

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from router_pipelines.data.token_store import TokenBlocks
+from router_pipelines.datasets import ModelVersionsDataset
 from router_pipelines.models.depth_routing_lm import DepthRoutingLM
 from router_pipelines.pipelines.depth_routing import create_pipeline
 
@@ -73,25 +74,43 @@ OUTPUTS = (
     "dense_summary",
     "evaluation",
     "routing_report",
+    "routing_curve",
 )
 
 
-def _run(params: dict, model_type: str | None) -> dict:
+def _run(params: dict, model_type: str | None, stores: Path | None = None) -> dict:
+    """The pipeline without registration; model stores (empty folders by default) under
+    ``stores`` for ``source: auto``; the registry is never reached (``single_process`` look-ups
+    find no registered name in an empty sqlite store)."""
+    from router_pipelines.datasets import ModelRegistryDataset
+
+    stores = stores or Path(params["training"]["output_dir"]) / "stores"
     catalog = DataCatalog({f"depth_routing.{name}": KeptDataset() for name in OUTPUTS})
     catalog["train_tokens"] = _tokens(64, seed=1)
     catalog["validation_tokens"] = _tokens(8, seed=2)
     catalog["tokenizer"] = _tokenizer()
+    for name, folder in (("saved_models", "final"), ("saved_best_models", "best")):
+        catalog[f"depth_routing.{name}"] = ModelVersionsDataset(str(stores / folder)).load()
+    catalog["model_registry"] = ModelRegistryDataset().load()
     for group, values in params.items():
         catalog[f"params:depth_routing.{group}"] = values
     pipeline = create_pipeline(model_type=model_type)
-    pipeline = pipeline.only_nodes(*[n.name for n in pipeline.nodes if "register" not in n.name])
+    pipeline = pipeline.only_nodes(
+        *[
+            n.name
+            for n in pipeline.nodes
+            if not n.name.endswith(("register_depth_routing", "promote_champion"))
+        ]
+    )
     torch.manual_seed(0)
     SequentialRunner().run(pipeline, catalog)
     return {name: catalog[f"depth_routing.{name}"].load() for name in OUTPUTS}
 
 
 @pytest.mark.parametrize(("model_type", "pipeline_type"), [("mod", "mod"), ("mod", "dtf")])
-def test_slice_trains_routed_and_dense_side_by_side(tmp_path, model_type, pipeline_type):
+def test_slice_trains_routed_and_dense_side_by_side(
+    tmp_path, mlflow_store, model_type, pipeline_type
+):
     """``--pipeline=dtf`` fixes the type whatever ``model_type`` says."""
     params = _params(tmp_path, capacity_gamma=0.25)
     params["model_type"] = model_type
@@ -130,9 +149,64 @@ def test_slice_trains_routed_and_dense_side_by_side(tmp_path, model_type, pipeli
         table.iloc[1]["validation_loss"] / table.iloc[0]["validation_loss"]
     )
     assert "step_time_ratio" in comparison and "generate_speedup" in comparison
+    figure = out["routing_curve"]  # router statistics over training, one panel per statistic
+    titles = [axis.get_title() for axis in figure.axes]
+    assert ("surprise gates (mean over Dynamic layers)" in titles) == (pipeline_type == "dtf")
+    assert "causal predictor vs top-k membership" in titles
+    for axis in figure.axes:
+        assert axis.get_ylabel() and axis.get_legend() is not None
 
 
-def test_transfer_swaps_routed_blocks_into_a_local_qwen2(tmp_path):
+def test_an_unchanged_rerun_reuses_the_saved_model_and_a_changed_setting_retrains(
+    tmp_path, mlflow_store
+):
+    """``source: auto``: the saved best (and final) model with the same identity is handed on
+    without training; a changed result-affecting setting trains anew; ``source: catalog``
+    names what differs."""
+    from kedro.io import Version
+
+    from router_pipelines.datasets import PretrainedModelDataset
+
+    stores = tmp_path / "stores"
+    params = _params(tmp_path, capacity_gamma=0.25)
+    params["dense_baseline"] = {"enabled": False}
+    params["evaluation"]["speed"] = False
+    first = _run(params, "mod", stores)
+    assert first["training_summary"]["origin"] == "train"
+    for name, folder in (("model", "final"), ("best_model", "best")):
+        PretrainedModelDataset(str(stores / folder), version=Version(None, None)).save(first[name])
+
+    again = _run(params, "mod", stores)
+    summary = again["training_summary"]
+    assert summary["origin"] == "catalog" and summary["reused_from"].startswith(
+        str(stores / "best")
+    )
+    assert summary["fingerprint"] == first["training_summary"]["fingerprint"]
+    assert again["best_model"].source_dir is not None  # loaded, not trained: nothing re-saved
+    for a, b in zip(
+        again["best_model"].model.state_dict().values(),
+        first["best_model"].model.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    runs = Path(first["training_summary"]["run_dir"]).parent
+    assert len(list(runs.iterdir())) == 1  # the engine was not started again
+    assert again["routing_report"]["router_statistics"]["topk_share"] == pytest.approx(0.25)
+
+    changed = copy.deepcopy(params)
+    changed["loss"]["router_aux_weight"] = 0.02
+    retrained = _run(changed, "mod", stores)
+    assert retrained["training_summary"]["origin"] == "train"
+    assert retrained["training_summary"]["fingerprint"] != summary["fingerprint"]
+
+    changed["source"] = {"source": "catalog"}
+    with pytest.raises(
+        Exception, match=r"depth_routing.source.source=catalog: .*router_aux_weight"
+    ):
+        _run(changed, "mod", stores)
+
+
+def test_transfer_swaps_routed_blocks_into_a_local_qwen2(tmp_path, mlflow_store):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""`kedro run --env=debug --pipeline=memory` end to end, in a throw-away copy of the project:
+"""`kedro run --env=debug --pipelines=memory` end to end, in a throw-away copy of the project:
 base LM → chat tokens → memory adapter → evaluation → registered chat pyfunc."""
 
 from __future__ import annotations
@@ -107,6 +107,20 @@ def test_step_metrics_usage_plots_and_the_registered_chat_model(memory_run):
     assert float(version.tags["utilisation_entropy"]) == pytest.approx(
         registration["metrics"]["utilisation_entropy"]
     )
+    assert (
+        float(version.tags["trainable_parameters"])
+        == registration["metrics"]["trainable_parameters"]
+    )
+    # the first version of memory_lm_debug is the champion, measured on the chat split
+    promotion = _json(root / REPORTS / "memory/promotion.json")
+    assert promotion["promoted"] is True and promotion["alias"] == "champion"
+    aliases = client.get_registered_model("memory_lm_debug").aliases
+    assert {k: str(v) for k, v in aliases.items()} == {
+        "champion": str(registration["version"]),
+        "challenger": str(registration["version"]),
+    }
+    chat_report = _json(root / REPORTS / "memory/chat_data_report.json")
+    assert version.tags["held_out_data"].startswith(chat_report["fingerprint"])
     chat = mlflow.pyfunc.load_model(registration["model_uri"])
     replies = chat.predict(["What does json.dumps do?"], params={"max_new_tokens": 5})
     assert len(replies) == 1 and isinstance(replies[0], str)

@@ -26,6 +26,7 @@ RAW = {
     "data": _group("data", "data_processing"),
     "pretrain": _group("pretrain", "pretrain"),
     "memory": _group("memory", "memory"),
+    "promotion": _group("promotion", "promotion"),
 }
 
 
@@ -74,6 +75,40 @@ def test_the_committed_parameters_pass_and_map_the_three_learning_rates():
 def test_bad_parameters_are_named_before_anything_runs(changes, message):
     with pytest.raises(ParameterValidationError, match=message):
         _validate(**changes)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            {"metric": "chat_loss"},
+            r"promotion\.rules\.memory\.metric: 'chat_loss' is not a metric register_memory "
+            r"reports; allowed: \['chat_validation_loss', .*'trainable_parameters'\]",
+        ),
+        (
+            {"metric": "chat_validation_loss", "cost_metric": "flops"},
+            r"promotion\.rules\.memory\.cost_metric: 'flops' is not a metric",
+        ),
+        (None, r"promotion\.rules\.memory: no rule for the memory family"),
+    ],
+)
+def test_a_promotion_rule_on_metrics_the_family_does_not_report_is_refused(rule, message):
+    raw = copy.deepcopy(RAW)
+    if rule is None:
+        del raw["promotion"]["rules"]["memory"]
+    else:
+        raw["promotion"]["rules"]["memory"] = rule
+    with pytest.raises(ParameterValidationError, match=message):
+        validate_run(raw, register_pipelines()["memory"], DataCatalog())
+
+
+def test_the_committed_promotion_rule_reads_the_chat_loss_and_trainable_parameters():
+    rule = _validate()["promotion"].rules["memory"]
+    assert (rule.metric, rule.greater_is_better, rule.cost_metric) == (
+        "chat_validation_loss",
+        False,
+        "trainable_parameters",
+    )
 
 
 def _chat_file(tmp_path: Path, records: list[dict]) -> str:

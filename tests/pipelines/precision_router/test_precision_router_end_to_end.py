@@ -1,4 +1,4 @@
-"""`kedro run --env=debug --pipeline=precision_router` in a throw-away project copy (data →
+"""`kedro run --env=debug --pipelines=precision_router` in a throw-away project copy (data →
 base LM → switchable model → router → evaluation → registry), then the registered pyfunc
 loaded and called as a user would."""
 
@@ -60,6 +60,22 @@ def test_run_trains_evaluates_and_registers_the_router(finished_run):
     steps = client.get_metric_history(run.info.run_id, "precision_router/train_avg_precision")
     assert [m.step for m in steps] == list(range(1, 9))  # logged every step
     assert "precision_router/eval/router_b3/mean_bits" in run.data.metrics
+    # the first registered version is promoted (promotion.rules.precision_router)
+    promotion = json.loads((root / REPORTS / "promotion.json").read_text())
+    assert promotion["promoted"] and promotion["alias"] == "champion", promotion
+    aliases = {k: str(v) for k, v in client.get_registered_model(NAME).aliases.items()}
+    assert aliases == {
+        "champion": str(registration["version"]),
+        "challenger": str(registration["version"]),
+    }
+    # the seed's per-epoch router checkpoints, by name
+    run_dir = Path(summary["run_dir"])
+    run_dir = run_dir if run_dir.is_absolute() else root / run_dir
+    assert sorted(p.name for p in run_dir.glob("router_checkpoint_epoch_*")) == [
+        "router_checkpoint_epoch_1",
+        "router_checkpoint_epoch_2",
+    ]
+    assert "budget_router_b3" in table.index  # a router per budget from the exact allocation
 
 
 def test_registered_pyfunc_returns_text_and_bits_per_layer(finished_run):
@@ -69,6 +85,7 @@ def test_registered_pyfunc_returns_text_and_bits_per_layer(finished_run):
     assert len(out) == 2 and out["continuation"].map(lambda s: isinstance(s, str)).all()
     for bits in out["bits_per_layer"]:
         layers = json.loads(bits)
-        assert len(layers) == 2 and all(b in (2, 4, 8) for b in layers)  # per sequence: one width
+        # conf/base routes per token: a layer's bits are the mean over the prompt and new tokens
+        assert len(layers) == 2 and all(2 <= b <= 8 for b in layers)
     cheap = model.predict(["The json module"], params={"max_new_tokens": 3, "price": 1e6})
     assert json.loads(cheap["bits_per_layer"][0]) == [2, 2]  # a huge price: the lowest width

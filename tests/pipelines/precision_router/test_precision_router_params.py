@@ -110,3 +110,33 @@ def test_composes_after_the_trained_switchable_family():
     assert order.index("switchable.register_switchable") < order.index(
         "precision_router.register_router"
     )
+
+
+def _promotion() -> dict:
+    from pathlib import Path
+
+    import yaml
+
+    conf = Path(__file__).resolve().parents[3] / "conf" / "base" / "parameters_promotion.yml"
+    return yaml.safe_load(conf.read_text())["promotion"]
+
+
+def test_the_promotion_rule_names_headline_metrics_of_the_run(pipelines):
+    promotion = _promotion()
+    rule = promotion["rules"]["precision_router"]
+    assert rule["metric"] == "router_b3_perplexity"
+    _validate(pipelines, "precision_router", {}, promotion=promotion)  # shipped: fine
+    # a budget list without 3 bits: the rule's metric would never be reported
+    with pytest.raises(
+        ParameterValidationError,
+        match=r"promotion.rules.precision_router.metric: 'router_b3_perplexity' is not a "
+        r"headline metric .*budgets \[4.0, 5.0\]\); use one of \['router_b4_perplexity'",
+    ):
+        _validate(
+            pipelines, "precision_router", {"evaluation": {"budgets": [4, 5]}}, promotion=promotion
+        )
+    promotion["rules"]["precision_router"]["cost_metric"] = "mean_bits"
+    with pytest.raises(ParameterValidationError, match=r"cost_metric: 'mean_bits' is not"):
+        _validate(
+            pipelines, "precision_router_ptq", {"quantized": {"source": "ptq"}}, promotion=promotion
+        )

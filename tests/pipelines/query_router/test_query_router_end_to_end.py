@@ -32,9 +32,15 @@ def test_run_writes_outcomes_curves_and_registers_both_models(finished_run):
         assert {f"quality_{rung}", f"seconds_{rung}", f"bytes_{rung}"} <= set(outcomes.columns)
     assert outcomes["label"].between(1, 5).all() and outcomes["question"].str.len().min() > 0
     curves = pd.read_parquet(root / OUTPUT / "evaluation.parquet")
-    assert {"router", "random", "oracle", "uncertainty", "ladder_router", "ladder_oracle"} == set(
-        curves["router"]
-    )
+    assert {
+        "router",
+        "random",
+        "oracle",
+        "uncertainty",
+        "ladder_router",
+        "ladder_router_lambda",
+        "ladder_oracle",
+    } == set(curves["router"])
     assert (root / REPORTS / "routing_curves.png").stat().st_size > 1000
     document = json.loads((root / REPORTS / "routing_metrics.json").read_text())
     metrics = document["metrics"]
@@ -55,24 +61,55 @@ def test_run_writes_outcomes_curves_and_registers_both_models(finished_run):
     assert "query_router/train_loss" in run.data.metrics
 
 
-def test_registered_query_router_predicts_scores_and_routes(finished_run):
+def test_the_first_registered_router_is_the_champion(finished_run):
+    root, client = finished_run
+    registration = json.loads((root / REPORTS / "registration.json").read_text())
+    promotion = json.loads((root / REPORTS / "promotion.json").read_text())
+    assert promotion["promoted"] is True and promotion["alias"] == "champion"
+    aliases = client.get_registered_model("query_router_debug").aliases
+    assert {k: str(v) for k, v in aliases.items()} == {
+        "champion": str(registration["version"]),
+        "challenger": str(registration["version"]),
+    }
+
+
+def test_registered_query_router_predicts_scores_and_routes_over_the_ladder(finished_run):
     router = mlflow.pyfunc.load_model("models:/query_router_debug/latest")
     table = router.predict(["The json module", "def f(x):"])
     assert list(table.columns)[:5] == ["p_1", "p_2", "p_3", "p_4", "p_5"]
     sums = table[["p_1", "p_2", "p_3", "p_4", "p_5"]].sum(axis=1)
     assert sums.round(5).tolist() == [1.0, 1.0]
     assert (table["p_strong"] - (1 - table["p_4"] - table["p_5"])).abs().max() < 1e-6
-    assert set(table["model"]) <= {"2bit", "8bit"}
-    all_strong = router.predict(["The json module"], params={"target_share": 1.0})
-    assert all_strong["route"].tolist() == ["strong"]
-    none_strong = router.predict(["The json module"], params={"target_share": 0.0})
-    assert none_strong["route"].tolist() == ["cheap"]
+    # conf/debug routes over 2, 4 and 8 bits: quality - lambda x cost picks the rung
+    assert set(table["model"]) <= {"2bit", "4bit", "8bit"}
+    cheapest = router.predict(["The json module"], params={"lambda": 1.0e12})
+    assert cheapest["model"].tolist() == ["2bit"] and cheapest["route"].tolist() == ["cheap"]
 
 
-def test_registered_routed_lm_answers_with_the_chosen_model(finished_run):
+def test_registered_routed_lm_answers_with_the_chosen_rung_and_its_cost(finished_run):
+    router = mlflow.pyfunc.load_model("models:/query_router_debug/latest")
     lm = mlflow.pyfunc.load_model("models:/routed_lm_debug/latest")
-    table = lm.predict(["The json module"], params={"max_new_tokens": 4, "target_share": 1.0})
-    assert table["model"].tolist() == ["8bit"]
-    assert isinstance(table["answer"][0], str) and table["seconds"][0] > 0
-    cheap = lm.predict(["The json module"], params={"max_new_tokens": 4, "target_share": 0.0})
-    assert cheap["model"].tolist() == ["2bit"] and cheap["bytes"][0] < table["bytes"][0] * 1.01
+    queries = ["The json module", "def f(x):", "import os"]
+    table = lm.predict(queries, params={"max_new_tokens": 4, "lambda": 0.0})
+    routes = router.predict(queries, params={"lambda": 0.0})
+    assert table["model"].tolist() == routes["model"].tolist()
+    assert all(isinstance(answer, str) for answer in table["answer"])
+    assert (table["seconds"] > 0).all()
+    cheap = lm.predict(["The json module"], params={"max_new_tokens": 4, "lambda": 1.0e12})
+    assert cheap["model"].tolist() == ["2bit"] and cheap["bytes"][0] > 0
+
+
+def test_an_unchanged_second_run_reuses_the_router(finished_run):
+    """The same project run again: the switchable model and the router are reused (same
+    identity), nothing new is registered, and the champion stays."""
+    from kedro.framework.session import KedroSession
+
+    root, client = finished_run
+    first = json.loads((root / REPORTS / "training_summary.json").read_text())
+    with KedroSession.create(project_path=root, env="debug") as session:
+        session.run(pipeline_names=["query_router"])
+    summary = json.loads((root / REPORTS / "training_summary.json").read_text())
+    assert summary["origin"] == "catalog" and summary["fingerprint"] == first["fingerprint"]
+    registration = json.loads((root / REPORTS / "registration.json").read_text())
+    assert registration["registered"] is False
+    assert len(client.search_model_versions("name='query_router_debug'")) == 1

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from kedro.io import DataCatalog, MemoryDataset
+from kedro.io import DataCatalog, MemoryDataset, Version
 from kedro.runner import SequentialRunner
 from tiny_models import char_tokenizer, tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from router_pipelines.data.token_store import TokenBlocks
+from router_pipelines.datasets import ModelVersionsDataset, PretrainedModelDataset
 from router_pipelines.models.bundle import ModelBundle, load_bundle, save_bundle
 from router_pipelines.models.query_router import label_token_ids
 from router_pipelines.models.switchable import SwitchableConfig, SwitchableLM
@@ -88,9 +89,27 @@ class KeptDataset(MemoryDataset):
 OUTPUTS = ("queries", "outcomes", "model", "training_summary", "evaluation", "routing_metrics")
 
 
-def _run(params: dict, models_and_data) -> dict:
+class NoRegistry:
+    """A model registry with nothing registered (the reuse look-up finds no version)."""
+
+    def versions(self, name: str) -> list:
+        return []
+
+
+def _run(params: dict, models_and_data, models_dir: Path | None = None) -> dict:
+    """The slice up to the evaluation; with ``models_dir`` the router is saved there as the
+    catalog does (versioned) and earlier versions are offered for reuse."""
     base, switchable, tokens = models_and_data
     catalog = DataCatalog({f"query_router.{name}": KeptDataset() for name in OUTPUTS})
+    if models_dir is None:
+        # an empty store: nothing to reuse; the router stays in memory
+        models_dir = Path(params["training"]["output_dir"]) / "no_models"
+    else:
+        catalog["query_router.model"] = PretrainedModelDataset(
+            path=str(models_dir), version=Version(None, None)
+        )
+    catalog["query_router.saved_models"] = ModelVersionsDataset(path=str(models_dir))
+    catalog["model_registry"] = NoRegistry()
     catalog["pretrain.model"] = base
     catalog["switchable.model"] = switchable
     catalog["validation_tokens"] = tokens
@@ -156,9 +175,14 @@ def test_slice_routes_over_a_ladder(tmp_path, models_and_data):
     train = out["outcomes"][out["outcomes"]["split"] == "train"]
     assert out["training_summary"]["examples"] == 2 * len(train)  # one example per lower rung
     table = out["evaluation"]
-    assert {"ladder_router", "ladder_oracle"} <= set(table["router"])
+    assert {"ladder_router", "ladder_router_lambda", "ladder_oracle"} <= set(table["router"])
     metrics = out["routing_metrics"]["metrics"]
     assert metrics["ladder_oracle_hull_area"] >= metrics["ladder_router_hull_area"]
+    assert metrics["ladder_oracle_hull_area"] >= metrics["ladder_router_lambda_hull_area"]
+    rule = out["routing_metrics"]["ladder_rule"]
+    assert rule["rung_costs"] == sorted(rule["rung_costs"]) and len(rule["gap_means"]) == 5
+    # score 5 (good enough) means a smaller gap to the strongest rung than score 1
+    assert rule["gap_means"][4] < rule["gap_means"][0]
     assert metrics["ladder_2bit_cost"] < metrics["ladder_4bit_cost"] < metrics["ladder_8bit_cost"]
 
 
@@ -196,3 +220,31 @@ def test_router_from_a_locally_saved_llama(tmp_path, models_and_data):
     assert type(router.model).__name__ == "LlamaForCausalLM"
     assert router.model.get_input_embeddings().weight.shape[0] == 128  # spare rows reused
     assert out["routing_metrics"]["metrics"]["test_queries"] > 0
+
+
+def test_an_unchanged_rerun_reuses_the_router_and_a_new_learning_rate_retrains(
+    tmp_path, models_and_data
+):
+    params = _params(tmp_path)
+    params["training"]["num_train_epochs"] = 1
+    models = tmp_path / "models"
+    first = _run(params, models_and_data, models)
+    assert first["training_summary"]["origin"] == "train"
+    second = _run(copy.deepcopy(params), models_and_data, models)
+    summary = second["training_summary"]
+    assert (
+        summary["origin"] == "catalog"
+        and summary["fingerprint"] == (first["training_summary"]["fingerprint"])
+    )
+    # the reused router scores exactly like the trained one
+    assert second["routing_metrics"]["metrics"]["router_apgr"] == pytest.approx(
+        first["routing_metrics"]["metrics"]["router_apgr"]
+    )
+    params["training"]["learning_rate"] = 1.0e-3
+    third = _run(params, models_and_data, models)
+    assert third["training_summary"]["origin"] == "train"
+    assert third["training_summary"]["fingerprint"] != first["training_summary"]["fingerprint"]
+    # the reuse look-up is keyed on the labels too: other outcomes (labels) retrain
+    params["outcomes"]["label_quantiles"] = [0.1, 0.3, 0.5, 0.7]
+    fourth = _run(params, models_and_data, models)
+    assert fourth["training_summary"]["origin"] == "train"

@@ -12,6 +12,9 @@ minimise ``sum_l s[l, b_l]`` subject to the parameter-weighted mean width
 - :func:`allocate_greedy`: from all-highest, repeatedly lower the layer whose next lower width
   costs the least sensitivity per bit saved, until the budget holds.
 
+:func:`fisher_sensitivities` is the cheaper estimate (``sensitivity: fisher``): the
+Fisher-weighted quantization error of each layer at each width, fed to the same allocators.
+
 **Budget calibration**: the router's hard choice is ``argmax_b(logit_b - price * c_b)`` with
 ``c_b = (b - b_min) / (b_max - b_min)``; every decision's width falls as ``price`` grows, so
 the realised mean bits are monotone in it and a bisection on calibration data finds the price
@@ -66,6 +69,57 @@ def layer_sensitivities(router: Any, batches: Sequence[dict[str, torch.Tensor]])
             config[layer] = bits
             table[layer, column] = loss_at(config) - reference
     return table
+
+
+def fisher_sensitivities(router: Any, batches: Sequence[dict[str, torch.Tensor]]) -> np.ndarray:
+    """``(L, n_widths)`` Fisher-weighted quantization error of each layer at each width.
+
+    ``s[l, b] = 1/2 sum_w F_w (W_w - Q_b(W)_w)^2`` over the weights ``w`` of block ``l``'s
+    quantized linears, minus the same at the highest width (so the highest column is 0, as
+    in :func:`layer_sensitivities`). ``F`` is the diagonal empirical Fisher estimated from
+    the squared gradient of the next-token loss at full precision, one gradient per
+    calibration batch (HAWQ-V2 / DP-LLM's ``g_l ||W - Q_b(W)||^2``, per weight). One backward
+    per batch instead of ``L * (n - 1)`` forwards per batch; the frozen weights get
+    ``requires_grad`` only while their gradients are taken and are never changed.
+    """
+    quantized = router.quantized
+    layers = [layer for routed in router._routed for layer in routed]
+    weights = [layer.weight for layer in layers]
+    fisher = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+    saved = quantized.precision_map()
+    try:
+        with router.routing(None), torch.enable_grad():
+            quantized.set_precision(None)
+            for weight in weights:
+                weight.requires_grad_(True)
+            for batch in batches:
+                output = quantized.model(
+                    input_ids=batch["input_ids"],
+                    attention_mask=batch["attention_mask"],
+                    use_cache=False,
+                )
+                loss = shifted_ce(output.logits, batch["labels"])
+                for total, grad in zip(fisher, torch.autograd.grad(loss, weights), strict=True):
+                    total += grad.detach().float().pow(2) / len(batches)
+    finally:
+        for weight in weights:
+            weight.requires_grad_(False)
+        quantized.set_precision_map(saved)
+    widths = router.precisions
+    table = np.zeros((router.num_layers, len(widths)))
+    position = 0
+    with torch.no_grad():
+        for index, routed in enumerate(router._routed):
+            for layer in routed:
+                weight, f = layer.weight.float(), fisher[position]
+                position += 1
+                for column, bits in enumerate(widths):
+                    error = weight - layer.weight_quantizer(layer.weight, bits).float()
+                    table[index, column] += 0.5 * float((f * error.pow(2)).sum())
+    return table - table[:, -1:]
+
+
+SENSITIVITIES = {"loss": layer_sensitivities, "fisher": fisher_sensitivities}
 
 
 def allocate_exact(

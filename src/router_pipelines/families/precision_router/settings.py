@@ -2,7 +2,8 @@
 
 - :class:`StaticWidths`: one width per decoder block, the same for every input (uniform,
   exact or greedy allocation, random), or full precision (``widths`` None).
-- :class:`RouterAtBudget`: the router's hard choice at a calibrated price.
+- :class:`RouterAtBudget`: the router's hard choice at a calibrated price (``router_state``: the
+  weights of a router trained for that budget, swapped in while the setting is applied).
 
 Every row gets ``mean_bits`` (the parameter-weighted mean width over the blocks' quantized
 linears, realised on the evaluation data for the router), ``budget``, ``layer_bits`` (JSON, the
@@ -20,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from router_pipelines.config import check_int
+from router_pipelines.config import check_bool, check_choice, check_int, check_positive
 from router_pipelines.evaluation.sweep import SweepConfig
 from router_pipelines.families.precision_router.allocation import mean_bits
 from router_pipelines.families.switchable.bits import bit_report
@@ -37,6 +38,11 @@ class RouterEvalConfig(SweepConfig):
     calibration_batch_size: int = 8
     calibration_iterations: int = 12  # bisection steps of the price per budget
     half_bit_static: bool = True  # also the exact allocation at budget + 0.5 (gap recovery)
+    sensitivity: str = "loss"  # loss (measured loss increase) | fisher (Fisher-weighted error)
+    budget_routers: bool = False  # also a router per budget, started at the exact allocation
+    budget_router_steps: int = 32  # its optimizer steps (target_bits = the budget)
+    budget_router_learning_rate: float = 3e-3
+    static_init_margin: float = 3.0  # logit margin of the static width at initialisation
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,6 +59,11 @@ class RouterEvalConfig(SweepConfig):
         check_int("calibration_examples", self.calibration_examples, minimum=1)
         check_int("calibration_batch_size", self.calibration_batch_size, minimum=1)
         check_int("calibration_iterations", self.calibration_iterations, minimum=1)
+        check_choice("sensitivity", self.sensitivity, ("loss", "fisher"))
+        check_bool("budget_routers", self.budget_routers)
+        check_int("budget_router_steps", self.budget_router_steps, minimum=1)
+        check_positive("budget_router_learning_rate", self.budget_router_learning_rate)
+        check_positive("static_init_margin", self.static_init_margin)
 
 
 def _check_router(model: nn.Module) -> None:
@@ -125,8 +136,9 @@ class RouterAtBudget:
     budget: float
     price: float
     calibration_bits: float
-    kind: str = "router"
+    kind: str = "router"  # router (the trained router) | budget_router (its own weights)
     speed_kind: str = "simulated"
+    router_state: dict[str, Any] | None = field(default=None, repr=False)  # routers' weights
     _tally: Any = field(default=None, repr=False)
 
     def validate(self, model: nn.Module) -> None:
@@ -134,9 +146,17 @@ class RouterAtBudget:
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
-        with model.routing("infer", price=self.price), model.tallying() as tally:
-            self._tally = tally
-            yield
+        saved = None
+        if self.router_state is not None:  # a router trained for this budget: swap it in
+            saved = {k: v.detach().clone() for k, v in model.routers.state_dict().items()}
+            model.routers.load_state_dict(self.router_state)
+        try:
+            with model.routing("infer", price=self.price), model.tallying() as tally:
+                self._tally = tally
+                yield
+        finally:
+            if saved is not None:
+                model.routers.load_state_dict(saved)
 
     def columns(self, model: nn.Module) -> dict[str, Any]:
         tally = self._tally

@@ -5,7 +5,7 @@ A *query* is a window of a validation block: ``prompt_tokens`` tokens of prompt 
 the ladder (by default one weight width of the switchable model, cheapest first). For every
 query and every rung the rung's **quality** is its mean log-probability of the reference tokens
 given the prompt (``-`` per-token loss; higher is better); its **cost** is measured: the
-seconds of that forward pass at batch 1 on this machine, and the weight bytes read to produce
+seconds of its share of a batched forward pass on this machine, and the weight bytes read to produce
 the reference (``weight_bytes x reference_tokens``: one pass over the weights per generated
 token with a KV cache). Because all rungs are our models, every query has every outcome
 (counterfactual labels) and the oracle router is exact.
@@ -170,60 +170,89 @@ def check_scorable(rungs: Sequence[Rung]) -> None:
             )
 
 
-def score_rungs(queries: Any, rungs: Sequence[Rung], *, warmup: int = 2):
-    """Measured quality and cost of every rung on every query (batch 1, timed).
+def score_rungs(queries: Any, rungs: Sequence[Rung], *, warmup: int = 1, batch_size: int = 32):
+    """Measured quality and cost of every rung on every query, in padded batches.
+
+    Each batch of ``batch_size`` queries (prompt + reference, right-padded) is one forward pass
+    per rung; per-position losses are masked to the real tokens, so a query's numbers equal
+    those of its own batch-1 pass (tested). ``seconds_<rung>`` is the batch's wall time shared
+    among its queries by their token counts (after ``warmup`` untimed batches): the measured
+    throughput cost of a query on this machine.
 
     Returns:
-        ``queries`` with ``quality_<rung>``, ``token_accuracy_<rung>``, ``seconds_<rung>``,
-        ``bytes_<rung>`` per rung and ``prompt_loss`` (the cheapest rung's mean loss on the
-        prompt itself: the uncertainty baseline).
+        ``queries`` with ``quality_<rung>`` (mean log-prob per reference token),
+        ``token_accuracy_<rung>``, ``seconds_<rung>``, ``bytes_<rung>`` per rung and
+        ``prompt_loss`` (the cheapest rung's mean loss on the prompt itself: the uncertainty
+        baseline).
     """
     import torch
 
     check_scorable(rungs)
     frame = queries.copy()
-    n_prompt = len(frame["prompt_ids"].iloc[0])
-    windows = torch.tensor(
-        [
-            list(p) + list(r)
-            for p, r in zip(frame["prompt_ids"], frame["reference_ids"], strict=True)
-        ],
-        dtype=torch.long,
-    )  # (N, P + R)
+    prompts = [list(p) for p in frame["prompt_ids"]]
+    references = [list(r) for r in frame["reference_ids"]]
+    batches = [
+        range(start, min(start + batch_size, len(prompts)))
+        for start in range(0, len(prompts), batch_size)
+    ]
     for index, rung in enumerate(rungs):
         rung.prepare()
         model = rung.model.eval()
-        for row in windows[:warmup]:
-            _window_losses(model, row)
-        quality, accuracy, seconds, prompt_loss = [], [], [], []
+        for rows in batches[:warmup]:
+            _batch_losses(model, [prompts[i] for i in rows], [references[i] for i in rows])
+        columns: dict[str, list[float]] = {"quality": [], "accuracy": [], "seconds": []}
+        prompt_loss: list[float] = []
         with torch.no_grad():
-            for row in windows:
+            for rows in batches:
+                batch_prompts = [prompts[i] for i in rows]
+                batch_references = [references[i] for i in rows]
                 start = time.perf_counter()
-                losses, correct = _window_losses(model, row)
-                seconds.append(time.perf_counter() - start)
-                quality.append(-float(losses[n_prompt - 1 :].mean()))
-                accuracy.append(float(correct[n_prompt - 1 :].float().mean()))
-                prompt_loss.append(float(losses[: n_prompt - 1].mean()) if n_prompt > 1 else 0.0)
-        reference_tokens = windows.shape[1] - n_prompt
-        frame[f"quality_{rung.name}"] = quality
-        frame[f"token_accuracy_{rung.name}"] = accuracy
-        frame[f"seconds_{rung.name}"] = seconds
-        frame[f"bytes_{rung.name}"] = float(rung.weight_bytes * reference_tokens)
+                scored = _batch_losses(model, batch_prompts, batch_references)
+                elapsed = time.perf_counter() - start
+                lengths = np.array(
+                    [len(batch_prompts[k]) + len(batch_references[k]) for k in range(len(rows))]
+                )
+                columns["seconds"].extend((elapsed * lengths / lengths.sum()).tolist())
+                columns["quality"].extend(scored["quality"])
+                columns["accuracy"].extend(scored["accuracy"])
+                prompt_loss.extend(scored["prompt_loss"])
+        reference_tokens = np.array([len(r) for r in references], dtype=float)
+        frame[f"quality_{rung.name}"] = columns["quality"]
+        frame[f"token_accuracy_{rung.name}"] = columns["accuracy"]
+        frame[f"seconds_{rung.name}"] = columns["seconds"]
+        frame[f"bytes_{rung.name}"] = float(rung.weight_bytes) * reference_tokens
         if index == 0:
             frame["prompt_loss"] = prompt_loss
     return frame
 
 
-def _window_losses(model: Any, row: Any) -> tuple[Any, Any]:
-    """Per-position next-token loss and correctness (T - 1,) of one window (T,)."""
+def _batch_losses(model: Any, prompts: list[list[int]], references: list[list[int]]) -> dict:
+    """Per-query mean reference log-prob, reference token accuracy and mean prompt loss of one
+    right-padded batch (one forward pass)."""
     import torch
     import torch.nn.functional as F
 
+    lengths = [len(p) + len(r) for p, r in zip(prompts, references, strict=True)]
+    width = max(lengths)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, (p, r) in enumerate(zip(prompts, references, strict=True)):
+        ids[row, : lengths[row]] = torch.tensor(p + r, dtype=torch.long)
+        mask[row, : lengths[row]] = 1
     with torch.no_grad():
-        logits = model(input_ids=row[None]).logits[0, :-1].float()  # (T-1, V)
-        targets = row[1:]
-        losses = F.cross_entropy(logits, targets, reduction="none")
-        return losses, logits.argmax(-1) == targets
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
+        targets = ids[:, 1:]  # (B, T-1)
+        losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T-1)
+        correct = logits.argmax(-1) == targets
+    out: dict[str, list[float]] = {"quality": [], "accuracy": [], "prompt_loss": []}
+    for row, p in enumerate(prompts):
+        n_prompt, end = len(p), lengths[row] - 1  # position t predicts token t + 1
+        out["quality"].append(-float(losses[row, n_prompt - 1 : end].mean()))
+        out["accuracy"].append(float(correct[row, n_prompt - 1 : end].float().mean()))
+        out["prompt_loss"].append(
+            float(losses[row, : n_prompt - 1].mean()) if n_prompt > 1 else 0.0
+        )
+    return out
 
 
 def quantile_edges(train_gaps: np.ndarray, quantiles: Sequence[float]) -> np.ndarray:

@@ -179,3 +179,67 @@ def ladder_oracle_curve(quality: np.ndarray, cost: np.ndarray, lambdas: Sequence
         chosen = np.argmax(quality - lam * cost, axis=1)
         points.append((float(cost[rows, chosen].mean()), float(quality[rows, chosen].mean())))
     return np.array(points)
+
+
+def label_gap_means(gaps: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The mean quality gap (strongest minus rung) of the training queries with each score
+    1..5 (pooled over the lower rungs): what a predicted score means in quality units.
+    Returns (5,); a score no training query has takes the mean of its neighbours' values."""
+    gaps, labels = np.asarray(gaps, float), np.asarray(labels, int)
+    means = np.full(5, np.nan)
+    for score in range(1, 6):
+        picked = labels == score
+        if picked.any():
+            means[score - 1] = gaps[picked].mean()
+    if np.isnan(means).all():
+        raise ValueError("ladder: no labelled training queries to read the score scale from")
+    known = ~np.isnan(means)
+    means[~known] = np.interp(np.flatnonzero(~known), np.flatnonzero(known), means[known])
+    return means
+
+
+def expected_gaps(distributions: np.ndarray, gap_means: np.ndarray) -> np.ndarray:
+    """Predicted gap to the strongest rung, ``sum_s P(s) * gap_means[s]``: (N, R-1, 5) score
+    distributions of the lower rungs -> (N, R) with 0 for the strongest rung."""
+    predicted = np.asarray(distributions, float) @ np.asarray(gap_means, float)  # (N, R-1)
+    return np.concatenate([predicted, np.zeros((predicted.shape[0], 1))], axis=1)
+
+
+def lambda_choice(predicted_gap: np.ndarray, rung_cost: np.ndarray, lam: float) -> np.ndarray:
+    """The rung maximising predicted quality minus ``lam`` x cost: ``argmax_r (-gap_r -
+    lam * cost_r)`` (the strongest rung's quality is common to every rung and cancels).
+    ``predicted_gap`` (N, R), ``rung_cost`` (R,) or (N, R): the cost known *before* answering
+    (a rung's mean measured cost). Ties go to the cheaper rung. Returns rung indices (N,)."""
+    cost = np.broadcast_to(np.asarray(rung_cost, float), predicted_gap.shape)
+    objective = -predicted_gap - lam * cost
+    return np.argmax(objective, axis=1)
+
+
+def lambda_curve(
+    predicted_gap: np.ndarray,
+    rung_cost: np.ndarray,
+    quality: np.ndarray,
+    cost: np.ndarray,
+    lambdas: Sequence[float],
+) -> np.ndarray:
+    """(mean realised cost, mean realised quality) of :func:`lambda_choice` at each lambda;
+    ``quality`` and ``cost`` (N, R) are the measured outcomes."""
+    rows = np.arange(quality.shape[0])
+    points = []
+    for lam in lambdas:
+        chosen = lambda_choice(predicted_gap, rung_cost, lam)
+        points.append((float(cost[rows, chosen].mean()), float(quality[rows, chosen].mean())))
+    return np.array(points)
+
+
+def lambda_for_budget(
+    predicted_gap: np.ndarray, rung_cost: np.ndarray, budget: float, lambdas: Sequence[float]
+) -> float:
+    """The smallest lambda whose choices on calibration queries cost at most ``budget`` on
+    average (in the units of ``rung_cost``); the largest lambda if none does."""
+    ordered = sorted(float(lam) for lam in lambdas)
+    cost = np.asarray(rung_cost, float)
+    for lam in ordered:
+        if cost[lambda_choice(predicted_gap, cost, lam)].mean() <= budget + 1e-12:
+            return lam
+    return ordered[-1]

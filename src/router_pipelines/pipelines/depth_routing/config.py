@@ -19,12 +19,23 @@ from router_pipelines.config import (
     check_positive,
     config_from_dict,
 )
+from router_pipelines.model_source import ModelSourceConfig
 from router_pipelines.models.depth_routing_config import MODEL_TYPES, DepthRoutingConfig, DTFConfig
 from router_pipelines.models.presets import ModelConfig
 from router_pipelines.training.config import TrainingConfig
 
 MODES = ("scratch", "transfer")
 REGISTERED_NAMES = {"mod": "mod_lm", "dtf": "dtf_lm"}
+# What register_depth_routing reports (version tags; promotion.rules.depth_routing reads them).
+HEADLINE_METRICS = (
+    "validation_loss",
+    "validation_bits_per_byte",
+    "causal_validation_loss",
+    "predictor_accuracy",
+    "flops_per_token",  # analytic forward FLOPs per token, LM head included (top-k routing)
+    "routed_share",  # share of tokens the routed blocks compute when generating (causal)
+)
+SOURCES = ("auto", "catalog", "registry", "train")
 
 
 @dataclass
@@ -132,10 +143,18 @@ class DepthRoutingParams:
     dense_baseline: DenseBaselineConfig = field(default_factory=DenseBaselineConfig)
     evaluation: RoutingEvalConfig = field(default_factory=RoutingEvalConfig)
     register: RoutingRegisterConfig = field(default_factory=RoutingRegisterConfig)
+    # Where the routed model comes from (model_source.py): auto reuses a saved or registered
+    # model with the same identity (model, routing, loss, training, data, tokenizer), else trains.
+    source: ModelSourceConfig = field(default_factory=lambda: ModelSourceConfig(source="auto"))
 
     def __post_init__(self) -> None:
         check_choice("model_type", self.model_type, MODEL_TYPES)
         check_choice("mode", self.mode, MODES)
+        if self.source.source not in SOURCES:
+            raise ValueError(
+                f"source.source: {self.source.source!r} is not a source of routed models; "
+                f"choose one of {list(SOURCES)}"
+            )
         if self.mode == "transfer" and not self.model.name_or_path:
             raise ValueError(
                 "mode: 'transfer' needs model.name_or_path (a Qwen2 / Llama causal LM by hub id "

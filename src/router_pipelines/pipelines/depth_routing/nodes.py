@@ -17,12 +17,15 @@ from router_pipelines.model_source import (
     FINGERPRINT_TAG,
     IDENTITY_KEY,
     ModelIdentity,
+    decide_source,
+    fingerprint_of,
     tokenizer_digest,
     tokenizer_problems,
 )
 from router_pipelines.pipelines.common import (
     history_figure,
     registration_skipped,
+    reused_summary,
     thin_history,
     trained_summary,
     validation_report,
@@ -86,25 +89,93 @@ def train_routed_model(
     train_tokens: Any,
     validation_tokens: Any,
     tokenizer: Any,
+    saved_models: Any,
+    saved_best_models: Any,
+    model_registry: Any,
     *groups: Any,
     model_type: str | None = None,
-) -> tuple[Any, Any, dict[str, Any], Any, dict[str, Any]]:
-    """Train the MoD or DTF model with the shared engine.
+) -> tuple[Any, Any, dict[str, Any], Any, Any, dict[str, Any]]:
+    """Provide the MoD or DTF model: reuse a saved or registered one with the same identity
+    (``depth_routing.source``, see :mod:`router_pipelines.model_source`), else train it with
+    the shared engine.
+
+    Args:
+        saved_models: the ``ModelStore`` of final models (``depth_routing.saved_models``).
+        saved_best_models: the ``ModelStore`` of best models (``depth_routing_best``): the
+            one looked up first, since the best model is the one evaluated and registered.
+        model_registry: the ``ModelRegistry`` (``source: auto`` / ``registry``).
 
     Returns:
         The final model and the best one (bundles with the tokenizer), the training summary
-        (with validation loss and bits per byte), the loss-curve figure and the resolved
-        configuration.
+        (with validation loss and bits per byte), the loss-curve figure, the router-statistics
+        figure (S_CE / S_CU over training for DTF) and the resolved configuration.
     """
+    params = resolve_params(_groups(groups), model_type)
+    kind = params.model_type
+    identity = _identity(params, train_tokens, tokenizer, kind)
+    routing = params.model.routing(kind)
+    resolved = asdict(params) | {"model_type": kind}
+    title = f"{kind} (γ={routing.capacity_gamma})"
+    decision = _decide_source(params, kind, identity, saved_best_models, model_registry)
+    if decision.reused:
+        best_bundle = decision.bundle
+        problems = tokenizer_problems(best_bundle.model, tokenizer)
+        if problems:
+            raise ValueError(
+                f"depth_routing.source: {decision.where} does not fit the data's tokenizer: "
+                + "; ".join(problems)
+            )
+        final = _saved_final(saved_models, identity.fingerprint) or best_bundle
+        summary = reused_summary(decision)
+        figures = _figures(decision.metadata, title)
+        return final, best_bundle, summary, *figures, resolved
+    final_bundle, best_bundle, summary = _train_routed(
+        params, kind, identity, train_tokens, validation_tokens, tokenizer
+    )
+    return final_bundle, best_bundle, summary, *_figures(best_bundle.metadata, title), resolved
+
+
+def _decide_source(params: Any, kind: str, identity: Any, saved: Any, registry: Any) -> Any:
+    from dataclasses import asdict as as_dict
+
+    return decide_source(
+        as_dict(params.source),
+        "depth_routing.source",
+        identity,
+        saved,
+        registry,
+        registry_name=params.register.names[kind],
+    )
+
+
+def _saved_final(saved_models: Any, fingerprint: str) -> Any:
+    """The newest saved final model with ``fingerprint`` (loaded), or ``None``."""
+    stored = saved_models.newest(lambda meta: fingerprint_of(meta) == fingerprint)
+    return None if stored is None else stored.load()
+
+
+def _figures(metadata: Any, title: str) -> tuple[Any, Any]:
+    """The loss curve and the router-statistics curve of a model from its metadata."""
+    from router_pipelines.pipelines.depth_routing.plots import routing_history_figure
+
+    history = (metadata or {}).get("history") or {}
+    return history_figure(metadata, title), routing_history_figure(history, title)
+
+
+def _train_routed(
+    params: DepthRoutingParams,
+    kind: str,
+    identity: ModelIdentity,
+    train_tokens: Any,
+    validation_tokens: Any,
+    tokenizer: Any,
+) -> tuple[Any, Any, dict[str, Any]]:
     from router_pipelines.data.torch_dataset import TokenBlockDataset
     from router_pipelines.families.depth_routing import eval_loss, make_depth_routing_loss
     from router_pipelines.models.depth_routing_lm import DepthRoutingLM
     from router_pipelines.tracking import log_metrics, metric_logger
     from router_pipelines.training import Trainer
 
-    params = resolve_params(_groups(groups), model_type)
-    kind = params.model_type
-    identity = _identity(params, train_tokens, tokenizer, kind)
     routing = params.model.routing(kind)
     base = build_base_model(params, tokenizer)
     model = DepthRoutingLM.from_base(copy.deepcopy(base), routing)
@@ -160,9 +231,7 @@ def train_routed_model(
     }
     final_bundle = _bundle(final, tokenizer, metadata, "final")
     best_bundle = _bundle(best, tokenizer, metadata, "best")
-    figure = history_figure(metadata, f"{kind} (γ={routing.capacity_gamma})")
-    resolved = asdict(params) | {"model_type": kind}
-    return final_bundle, best_bundle, summary, figure, resolved
+    return final_bundle, best_bundle, summary
 
 
 def train_dense_baseline(
@@ -304,11 +373,14 @@ def register_depth_routing(
     if skipped is not None:
         return skipped
     causal = next(r for r in routing_report["rows"] if r["routing"] == "causal")
+    stats = routing_report["router_statistics"]
     metrics = {
         "validation_loss": training_summary["validation_loss"],
         "validation_bits_per_byte": training_summary["validation_bits_per_byte"],
         "causal_validation_loss": causal["validation_loss"],
-        "predictor_accuracy": routing_report["router_statistics"]["predictor_accuracy"],
+        "predictor_accuracy": stats["predictor_accuracy"],
+        "flops_per_token": causal["flops_total"],
+        "routed_share": stats["causal_share"],
     }
     tags = {  # register_model adds the headline metrics as tags and links them to the model
         "model_type": kind,
@@ -337,6 +409,7 @@ def _groups(values: tuple[Any, ...]) -> dict[str, Any]:
         "dense_baseline",
         "evaluation",
         "register",
+        "source",
     )
     return dict(zip(names, values, strict=True))
 

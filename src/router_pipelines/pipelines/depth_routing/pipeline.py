@@ -17,6 +17,7 @@ from router_pipelines.pipelines.depth_routing.nodes import (
     train_dense_baseline,
     train_routed_model,
 )
+from router_pipelines.promotion import DATA_REPORT, promotion_node
 
 GROUPS = [
     "params:model_type",
@@ -27,8 +28,10 @@ GROUPS = [
     "params:dense_baseline",
     "params:evaluation",
     "params:register",
+    "params:source",
 ]
 DATA = ["train_tokens", "validation_tokens", "tokenizer"]
+STORES = ["saved_models", "saved_best_models", "model_registry"]  # what reuse looks at
 
 
 def create_pipeline(model_type: str | None = None, **kwargs) -> Pipeline:
@@ -42,8 +45,15 @@ def create_pipeline(model_type: str | None = None, **kwargs) -> Pipeline:
     nodes = [
         Node(
             _fixed(train_routed_model, model_type),
-            [*DATA, *GROUPS],
-            ["model", "best_model", "training_summary", "loss_curve", "resolved_config"],
+            [*DATA, *STORES, *GROUPS],
+            [
+                "model",
+                "best_model",
+                "training_summary",
+                "loss_curve",
+                "routing_curve",
+                "resolved_config",
+            ],
             name=f"train_{kind}_model",
         ),
         Node(
@@ -71,11 +81,13 @@ def create_pipeline(model_type: str | None = None, **kwargs) -> Pipeline:
             "registration",
             name="register_depth_routing",
         ),
+        promotion_node("depth_routing"),
     ]
     return Pipeline(
         nodes,
         namespace="depth_routing",
-        inputs={"train_tokens", "validation_tokens", "tokenizer"},
+        inputs={"train_tokens", "validation_tokens", "tokenizer", "model_registry", DATA_REPORT},
+        parameters={"params:promotion"},
     )
 
 

@@ -16,6 +16,7 @@ from router_pipelines.config import (
     RegisterConfig,
     check_bool,
     check_choice,
+    check_int,
     check_optional_int,
     config_from_dict,
     unknown_keys_message,
@@ -61,6 +62,8 @@ class MemoryTrainingConfig(TrainingConfig):
     fsdp_sharding_strategy: str = "FULL_SHARD"
     save_precision: str = "fp32"  # dtype of the saved model folder: fp32 | fp16 | bf16
     save_only_trainable: bool = True  # checkpoints hold the adapter (and LoRA), not the base
+    save_consolidated: bool = True  # + consolidated.safetensors (every weight) per checkpoint
+    router_calibration_batches: int = 8  # training batches that set standardised routers' stats
     metric_for_best_model: str = "eval_chat_loss"  # eval sets are named chat and text
 
     def __post_init__(self) -> None:
@@ -68,6 +71,8 @@ class MemoryTrainingConfig(TrainingConfig):
         for name in ("memory_lr", "lora_lr", "base_model_lr"):
             _positive_lr(name, getattr(self, name))
         check_bool("train_base", self.train_base)
+        check_bool("save_consolidated", self.save_consolidated)
+        check_int("router_calibration_batches", self.router_calibration_batches, minimum=1)
         for name in ("load_balance_coef", "auxiliary_coef", "z_loss_coef"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 FAMILY = "memory"
 HEADLINE = ("chat_validation_loss", "chat_bits_per_byte", "forgetting", "utilisation_entropy")
+# What register_memory reports (version tags; promotion.rules.memory reads its metric and cost)
+REGISTERED_METRICS = (*HEADLINE, "trainable_parameters")
 
 
 def tokenize_chat_corpus(
@@ -91,6 +93,7 @@ def train_memory(
     """
     from router_pipelines.data.torch_dataset import TokenBlockDataset
     from router_pipelines.models.bundle import ModelBundle
+    from router_pipelines.pipelines.memory.checkpoint_files import seed_config
     from router_pipelines.pipelines.memory.training import (
         CHAT,
         TEXT,
@@ -139,6 +142,7 @@ def train_memory(
         log_fn=metric_logger(),
         run_config={k: v for k, v in identity.inputs.items() if k != "training"},
         on_counts=log_usage_figure(model.layer_indices),
+        seed_config=seed_config(params.adapter, params.lora, training),
     )
     trainable = sum(p.numel() for p in result.model.parameters() if p.requires_grad)
     summary = trained_summary(
@@ -269,6 +273,10 @@ def register_memory(
     from router_pipelines.serving import register_model
 
     metrics = {key: float(evaluation_summary[key]) for key in HEADLINE}
+    # adapter + LoRA (the frozen base is shared by every version): the promotion's cost
+    metrics["trainable_parameters"] = float(
+        training_summary["memory_parameters"] + training_summary["lora_parameters"]
+    )
     tags = {
         FINGERPRINT_TAG: training_summary["fingerprint"],
         "memory_parameters": training_summary["memory_parameters"],

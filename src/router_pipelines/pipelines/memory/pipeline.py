@@ -12,6 +12,7 @@ from router_pipelines.pipelines.memory.nodes import (
     tokenize_chat_corpus,
     train_memory,
 )
+from router_pipelines.promotion import DATA_REPORT, promotion_node
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -19,6 +20,9 @@ def create_pipeline(**kwargs) -> Pipeline:
 
     The chat corpus (``memory.chat_data``, a ``data``-shaped group) is read, split and tokenized
     here with the base's tokenizer; ``validation_tokens`` (the text corpus) measures forgetting.
+    The promotion node compares versions on the chat validation split, the data the rule's
+    metric is measured on, so its held-out fingerprint comes from ``chat_data_report`` rather
+    than ``data_processing.data_report`` (the text split).
     """
     nodes = [
         Node(ingest_corpus, "params:chat_data", "chat_corpus", name="ingest_chat_corpus"),
@@ -68,9 +72,11 @@ def create_pipeline(**kwargs) -> Pipeline:
             "registration",
             name="register_memory",
         ),
+        Pipeline([promotion_node("memory")], inputs={DATA_REPORT: "chat_data_report"}),
     ]
     return Pipeline(
         nodes,
         namespace="memory",
         inputs={"base_model": "pretrain.model", "validation_tokens": "validation_tokens"},
+        parameters={"params:promotion"},
     )

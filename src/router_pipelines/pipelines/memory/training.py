@@ -24,6 +24,7 @@ from router_pipelines.models.memory import (
     apply_lora,
     freeze_base,
 )
+from router_pipelines.pipelines.memory.checkpoint_files import SeedCheckpointFiles
 from router_pipelines.pipelines.memory.config import (
     LORA_PATTERN,
     MEMORY_PATTERN,
@@ -119,16 +120,21 @@ def train_memory_model(
     log_fn: Callable[[Mapping[str, float], int], None] | None = None,
     run_config: Mapping[str, Any] | None = None,
     on_counts: Callable[[torch.Tensor, int], None] | None = None,
+    seed_config: Mapping[str, Any] | None = None,
 ) -> tuple[Any, GroupLRAndStepTime]:
     """Train ``model`` (a MemoryAdapter, or a LoRA-only baseline) on the engine.
 
     A MemoryAdapter trains on CE + router auxiliary loss and logs the utilisation of the
-    ``chat`` eval set at each evaluation; a baseline trains on CE alone.
+    ``chat`` eval set at each evaluation; a baseline trains on CE alone. With ``seed_config``
+    (:func:`~.checkpoint_files.seed_config`) every checkpoint of a MemoryAdapter also gets the
+    seed's ``config.yaml`` and, with ``training.save_consolidated``, ``consolidated.safetensors``.
 
     Returns:
         The engine's ``TrainResult`` and the callback holding lr / step-time histories.
     """
     is_memory = isinstance(model, MemoryAdapter)
+    if is_memory:
+        calibrate_routers(model, train_set, training)
     config = training.engine_config(lora=lora) if is_memory else _baseline_config(training, lora)
     loss_fn = make_memory_loss(training.coefs) if is_memory else causal_lm_loss
     eval_callbacks = []
@@ -137,6 +143,9 @@ def train_memory_model(
             utilisation_callback(CHAT, config.eval_max_batches, on_counts=on_counts)
         )
     timer = GroupLRAndStepTime(log_fn, config.logging_steps)
+    callbacks: list[TrainerCallback] = [timer]
+    if is_memory and seed_config is not None:
+        callbacks.append(SeedCheckpointFiles(seed_config, training.save_consolidated))
     trainer = Trainer(
         model,
         loss_fn,
@@ -144,12 +153,26 @@ def train_memory_model(
         dict(eval_sets) or None,
         config=config,
         log_fn=log_fn,
-        callbacks=[timer],
+        callbacks=callbacks,
         eval_callbacks=eval_callbacks,
         run_config=dict(run_config or {}),
     )
     timer.optimizer = trainer.optimizer
+    for callback in callbacks[1:]:
+        callback.trainer = trainer
     return trainer.train(), timer
+
+
+def calibrate_routers(model: MemoryAdapter, train_set: Any, training: MemoryTrainingConfig) -> None:
+    """Standardised routers' statistics from the first ``router_calibration_batches`` training
+    batches, in dataset order (the same on every process, and again on resume, where the
+    checkpoint then overwrites them with the trained values)."""
+    from itertools import islice
+
+    loader = torch.utils.data.DataLoader(train_set, batch_size=training.batch_size)
+    count = model.calibrate_routers(islice(loader, training.router_calibration_batches))
+    if count:
+        logger.info("routers standardised on %d training sequences", count)
 
 
 def _baseline_config(training: MemoryTrainingConfig, lora: bool) -> Any:
@@ -179,6 +202,7 @@ def run_lr_finder(
 
     from router_pipelines.training import find_lr
 
+    calibrate_routers(model, train_set, training)
     config = training.engine_config(lora=lora)
     memory_lr = training.memory_lr or training.learning_rate
     sweep = replace(config, learning_rate=memory_lr)  # the multiplier is lr / memory_lr

@@ -28,6 +28,11 @@ from router_pipelines.models.quantization import check_bit_width
 from router_pipelines.training.config import TrainingConfig
 
 QUANTIZED_SOURCES = ("switchable", "path", "ptq")
+PROGRESS_METRICS = {  # the seed's progress bar: "Loss: 3.2456, CE: 2.1234, Prec: ..., AvgPrec: ..."
+    "train_ce": "CE",
+    "train_precision_loss": "Prec",
+    "train_avg_precision": "AvgPrec",
+}
 
 
 @dataclass
@@ -81,6 +86,9 @@ class RouterTrainingConfig(TrainingConfig):
     save_only_trainable: bool = True  # checkpoints hold the router only
     save_best_model: bool = True
     load_best_model_at_end: bool = True  # the best router by validation loss
+    progress_metrics: dict[str, str] = field(  # the seed's bar: CE, Prec, AvgPrec
+        default_factory=lambda: dict(PROGRESS_METRICS)
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

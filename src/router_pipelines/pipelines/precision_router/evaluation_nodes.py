@@ -15,6 +15,7 @@ KIND_STYLE = {  # marker, colour of each method in the Pareto plot
     "static_greedy": ("v", "tab:cyan"),
     "random": ("x", "tab:olive"),
     "router": ("o", "tab:red"),
+    "budget_router": ("P", "tab:purple"),
 }
 
 
@@ -40,7 +41,7 @@ def evaluate_router(
     """
     from router_pipelines.data.tokenizer import token_byte_lengths
     from router_pipelines.evaluation import evaluate_settings
-    from router_pipelines.families.precision_router import layer_sensitivities
+    from router_pipelines.families.precision_router.allocation import SENSITIVITIES
     from router_pipelines.pipelines.precision_router.data import batches_of, rows_of
     from router_pipelines.pipelines.precision_router.nodes import _params
 
@@ -51,14 +52,17 @@ def evaluate_router(
     from router_pipelines.pipelines.precision_router.data import row_split
 
     rows = len(TokenBlockDataset(train_tokens))
-    _, calibration_rows = row_split(
+    train_rows, calibration_rows = row_split(
         rows, training.num_examples, config.calibration_examples, training.random_state
     )
     calibration = batches_of(
         rows_of(train_tokens, calibration_rows, training.seq_len), config.calibration_batch_size
     )
-    sensitivity = layer_sensitivities(router, calibration)
-    settings = build_settings(router, sensitivity, calibration, config)
+    sensitivity = SENSITIVITIES[config.sensitivity](router, calibration)
+    budget_training = None
+    if config.budget_routers:
+        budget_training = (rows_of(train_tokens, train_rows, training.seq_len), training)
+    settings = build_settings(router, sensitivity, calibration, config, budget_training)
     table = evaluate_settings(
         router,
         settings,
@@ -72,7 +76,15 @@ def evaluate_router(
     return table, pareto_figure(table), results
 
 
-def build_settings(router: Any, sensitivity: Any, calibration: list, config: Any) -> list[Any]:
+def build_settings(
+    router: Any,
+    sensitivity: Any,
+    calibration: list,
+    config: Any,
+    budget_training: tuple[Any, Any] | None = None,
+) -> list[Any]:
+    """Every setting the evaluation compares; ``budget_training`` (training rows, parsed
+    training config) also trains a router per budget from the exact allocation."""
     from router_pipelines.families.precision_router import (
         RouterAtBudget,
         StaticWidths,
@@ -91,6 +103,7 @@ def build_settings(router: Any, sensitivity: Any, calibration: list, config: Any
     static_budgets = list(config.budgets)
     if config.half_bit_static:
         static_budgets += [b + 0.5 for b in config.budgets if b + 0.5 <= widths[-1]]
+    exact: dict[float, list[int]] = {}
     for budget in dict.fromkeys(static_budgets):
         for kind, allocate in (
             ("static_exact", allocate_exact),
@@ -101,6 +114,8 @@ def build_settings(router: Any, sensitivity: Any, calibration: list, config: Any
             chosen = allocate(sensitivity, params, widths, budget)
             if chosen is not None:
                 settings.append(StaticWidths(f"{kind}_b{budget:g}", kind, tuple(chosen), budget))
+                if kind == "static_exact":
+                    exact[budget] = chosen
     for budget in config.budgets:
         for index, chosen in enumerate(
             random_assignments(
@@ -120,7 +135,49 @@ def build_settings(router: Any, sensitivity: Any, calibration: list, config: Any
             calibrated,
         )
         settings.append(RouterAtBudget(f"router_b{budget:g}", budget, price, calibrated))
+        if budget_training is not None and budget in exact:
+            settings.append(
+                _budget_router(router, exact[budget], budget, calibration, config, *budget_training)
+            )
     return settings
+
+
+def _budget_router(
+    router: Any,
+    static_widths: list[int],
+    budget: float,
+    calibration: list,
+    config: Any,
+    train_rows: Any,
+    training: Any,
+) -> Any:
+    """The router trained for ``budget`` from its exact allocation, price-calibrated."""
+    from router_pipelines.families.precision_router import RouterAtBudget, calibrate_price
+    from router_pipelines.pipelines.precision_router.budget_routers import train_budget_router
+
+    state = train_budget_router(router, static_widths, budget, train_rows, training, config)
+    saved = {k: v.detach().clone() for k, v in router.routers.state_dict().items()}
+    try:
+        router.routers.load_state_dict(state)
+        price, calibrated = calibrate_price(
+            router, calibration, budget, config.calibration_iterations
+        )
+    finally:
+        router.routers.load_state_dict(saved)
+    logger.info(
+        "budget router at %.2g bits: price %.4g realises %.3f bits on calibration",
+        budget,
+        price,
+        calibrated,
+    )
+    return RouterAtBudget(
+        f"budget_router_b{budget:g}",
+        budget,
+        price,
+        calibrated,
+        kind="budget_router",
+        router_state=state,
+    )
 
 
 def router_cost(router: Any, batch: dict) -> dict[str, float]:
@@ -224,30 +281,60 @@ def comparison(
             "best_random_perplexity": min((r["perplexity"] for r in randoms), default=None),
             "static_half_bit_perplexity": half["perplexity"] if half else None,
         }
+        if router:
+            entry["router_bits_within_0.1"] = bool(abs(router["mean_bits"] - budget) <= 0.1)
         if router and static_best:
-            entry["router_at_or_below_static"] = bool(
-                router["perplexity"] <= static_best["perplexity"]
-                and router["mean_bits"] <= static_best["mean_bits"] + 0.1
-            )
+            entry["router_at_or_below_static"] = _at_or_below(router, static_best)
         if router and exact and half and exact["perplexity"] > half["perplexity"]:
-            gap = exact["perplexity"] - half["perplexity"]
-            entry["gap_recovery"] = (exact["perplexity"] - router["perplexity"]) / gap
+            entry["gap_recovery"] = _recovery(router, exact, half)
+        tuned = at(f"budget_router_b{budget:g}")
+        if tuned:
+            entry["budget_router_perplexity"] = tuned["perplexity"]
+            entry["budget_router_mean_bits"] = tuned["mean_bits"]
+            entry["budget_router_bits_within_0.1"] = bool(abs(tuned["mean_bits"] - budget) <= 0.1)
+            if static_best:
+                entry["budget_router_at_or_below_static"] = _at_or_below(tuned, static_best)
+            if exact and half and exact["perplexity"] > half["perplexity"]:
+                entry["budget_router_gap_recovery"] = _recovery(tuned, exact, half)
         per_budget.append(entry)
     recoveries = [e["gap_recovery"] for e in per_budget if e.get("gap_recovery") is not None]
+    tuned_recoveries = [
+        e["budget_router_gap_recovery"]
+        for e in per_budget
+        if e.get("budget_router_gap_recovery") is not None
+    ]
+    tuned_verdicts = [
+        e["budget_router_at_or_below_static"]
+        for e in per_budget
+        if "budget_router_at_or_below_static" in e
+    ]
     verdicts = [e.get("router_at_or_below_static") for e in per_budget]
     fp, lowest = at("fp"), at(f"uniform_{widths[0]}bit")
     headline = (
         {f"router_b{e['budget']:g}_perplexity": e["router_perplexity"] for e in per_budget}
         | {f"router_b{e['budget']:g}_mean_bits": e["router_mean_bits"] for e in per_budget}
         | {
+            f"budget_router_b{e['budget']:g}_perplexity": e.get("budget_router_perplexity")
+            for e in per_budget
+        }
+        | {
+            f"budget_router_b{e['budget']:g}_mean_bits": e.get("budget_router_mean_bits")
+            for e in per_budget
+        }
+        | {
             "router_flops_share": cost["router_flops_share_per_token"],
             "max_gap_recovery": max(recoveries) if recoveries else None,
+            "budget_router_max_gap_recovery": max(tuned_recoveries) if tuned_recoveries else None,
         }
     )
     return {
         "per_budget": per_budget,
         "router_beats_static_at_every_budget": bool(verdicts) and all(v is True for v in verdicts),
         "max_gap_recovery": max(recoveries) if recoveries else None,
+        "budget_router_beats_static_at_every_budget": (
+            bool(tuned_verdicts) and all(tuned_verdicts) if tuned_verdicts else None
+        ),
+        "budget_router_max_gap_recovery": max(tuned_recoveries) if tuned_recoveries else None,
         "fp_perplexity": fp["perplexity"] if fp else None,
         "lowest_uniform_perplexity": lowest["perplexity"] if lowest else None,
         "router_cost": cost,
@@ -261,6 +348,20 @@ def comparison(
             "speed_kind": "simulated: fake-quantized weights; no packed kernel for a per-layer mix",
         },
     }
+
+
+def _at_or_below(router: dict, static: dict) -> bool:
+    """Router perplexity at or below the static one, at no more than +0.1 realised bits."""
+    return bool(
+        router["perplexity"] <= static["perplexity"]
+        and router["mean_bits"] <= static["mean_bits"] + 0.1
+    )
+
+
+def _recovery(router: dict, exact: dict, half: dict) -> float:
+    """Share of the static gap between ``b`` and ``b + 0.5`` bits the router recovers."""
+    gap = exact["perplexity"] - half["perplexity"]
+    return (exact["perplexity"] - router["perplexity"]) / gap
 
 
 def _nan(value: Any) -> bool:
@@ -293,7 +394,7 @@ def pareto_figure(table: Any) -> Any:
     axes.set_title("precision router vs static widths")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
-    routers = table[table["kind"] == "router"]
+    routers = table[table["kind"].isin(["router", "budget_router"])]
     offset = 0
     for _, row in routers.iterrows():
         histogram = json.loads(row["bit_histogram"])  # per layer {width: share}

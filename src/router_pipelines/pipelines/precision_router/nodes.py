@@ -170,6 +170,7 @@ def train_router(
 
     from router_pipelines.data.torch_dataset import TokenBlockDataset
     from router_pipelines.families.precision_router import make_router_loss
+    from router_pipelines.families.precision_router.checkpoints import EpochRouterCheckpoints
     from router_pipelines.models.bundle import ModelBundle
     from router_pipelines.models.precision_router import LayerwiseQuantizeForCausalLM
     from router_pipelines.pipelines.precision_router.data import row_split, rows_of
@@ -197,6 +198,7 @@ def train_router(
         router.precisions,
         sum(p.numel() for p in router.router_parameters()),
     )
+    epochs = EpochRouterCheckpoints(router, training.steps_per_epoch)
     trainer = Trainer(
         router,
         make_router_loss(training.loss),
@@ -206,7 +208,10 @@ def train_router(
         eval_loss_fn=make_router_loss(training.loss, hard=True),
         log_fn=metric_logger(),
         run_config={key: value for key, value in identity.inputs.items() if key != "training"},
+        callbacks=[epochs],
     )
+    epochs.directory = trainer.run_dir
+    epochs.main_process = trainer.accelerator.is_main_process
     result = trainer.train()
     summary = trained_summary(
         result,
@@ -215,6 +220,7 @@ def train_router(
         granularity=params.router.granularity,
         quantized_source=multi_precision_model.metadata.get("quantized_source"),
         quantized_fingerprint=fingerprint_of(multi_precision_model.metadata),
+        epoch_checkpoints=[str(path) for path in epochs.saved],
     )
     model = result.model.cpu()
     bundle = ModelBundle(

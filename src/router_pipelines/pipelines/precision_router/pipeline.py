@@ -12,6 +12,7 @@ from router_pipelines.pipelines.precision_router.nodes import (
     register_router,
     train_router,
 )
+from router_pipelines.promotion import DATA_REPORT, promotion_node
 
 
 def create_pipeline(
@@ -76,15 +77,19 @@ def create_pipeline(
             "registration",
             name="register_router",
         ),
+        promotion_node("precision_router"),
     ]
     inputs = {
         "base_model": "pretrain.model",
         "tokenizer": "tokenizer",
         "train_tokens": "train_tokens",
         "validation_tokens": "validation_tokens",
+        DATA_REPORT: DATA_REPORT,
     }
     if with_switchable:
         inputs["switchable_model"] = "switchable.model"
     if switchable_registered:
         inputs["switchable_registration"] = "switchable.registration"
-    return Pipeline(nodes, namespace="precision_router", inputs=inputs)
+    return Pipeline(
+        nodes, namespace="precision_router", inputs=inputs, parameters={"params:promotion"}
+    )

@@ -4,7 +4,8 @@
 scored on them and the label quantiles), ``data`` (the seed's JSONL instead of measured labels),
 ``prompt`` (the router's instruction), ``router`` (its base LM), ``training`` (the shared engine,
 counted in epochs like the seed's SFT), ``evaluation`` and ``register``; ``switchable`` says
-where the switchable model comes from when the pipeline runs on its own.
+where the switchable model comes from when the pipeline runs on its own, ``source`` whether a
+saved or registered router with the same identity is reused.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from router_pipelines.model_source import ModelSourceConfig
 from router_pipelines.training.config import TrainingConfig
 
 SYMBOLIC_RUNGS = ("lowest", "highest")
+# What register_router reports (and tags on both registered models): the promotion rule's
+# metric and cost_metric must be among them (checked before the run, checks.py).
+HEADLINE_METRICS = ("router_apgr", "router_cpt_50", "oracle_apgr", "oracle_cpt_50")
 COSTS = ("bytes", "seconds")
 
 
@@ -36,7 +40,8 @@ class OutcomeConfig:
     ladder: list[Any] = field(default_factory=lambda: ["lowest", "highest"])
     label_quantiles: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
     cost: str = "bytes"  # bytes | seconds: the cost axis of the ladder's curves
-    warmup: int = 2  # untimed forward passes per rung before timing
+    batch_size: int = 32  # queries per scoring forward pass (padded; same numbers as batch 1)
+    warmup: int = 1  # untimed batches per rung before timing
 
     def __post_init__(self) -> None:
         if not isinstance(self.ladder, list) or len(self.ladder) < 2:
@@ -69,6 +74,7 @@ class OutcomeConfig:
             )
         if self.cost not in COSTS:
             raise ValueError(f"cost: {self.cost!r} is not allowed; choose one of {list(COSTS)}")
+        check_int("batch_size", self.batch_size, minimum=1)
         check_int("warmup", self.warmup, minimum=0)
 
 
@@ -152,6 +158,9 @@ class QueryRouterParams:
     switchable: ModelSourceConfig = field(
         default_factory=lambda: ModelSourceConfig(source="auto", registry_name="switchable_lm")
     )
+    source: ModelSourceConfig = field(  # where the router comes from: reuse or train
+        default_factory=lambda: ModelSourceConfig(source="auto", registry_name="query_router")
+    )
     queries: QueryConfig = field(default_factory=QueryConfig)
     outcomes: OutcomeConfig = field(default_factory=OutcomeConfig)
     data: SeedDataConfig = field(default_factory=SeedDataConfig)
@@ -164,6 +173,7 @@ class QueryRouterParams:
 
 GROUPS = (
     "switchable",
+    "source",
     "queries",
     "outcomes",
     "data",

@@ -9,7 +9,10 @@ from typing import Any
 import numpy as np
 
 from router_pipelines.pipelines.common import registration_skipped
-from router_pipelines.pipelines.query_router.config import parse_query_router_params
+from router_pipelines.pipelines.query_router.config import (
+    HEADLINE_METRICS,
+    parse_query_router_params,
+)
 from router_pipelines.pipelines.query_router.nodes import FAMILY, ladder_names
 
 logger = logging.getLogger(__name__)
@@ -123,7 +126,7 @@ def evaluate_router(
             strong.mean(),
             cheap.mean(),
         )
-    ladder_rows, ladder_metrics = _ladder(outcomes, scores, test, params)
+    ladder_rows, ladder_metrics, ladder_rule = _ladder(outcomes, scores, test, params)
     rows.extend(ladder_rows)
     metrics.update(ladder_metrics)
     import pandas as pd
@@ -140,6 +143,7 @@ def evaluate_router(
         "ladder": ladder_names(outcomes),
         "label_edges": [float(v) for v in outcomes["label_edges"].iloc[0]],
         "cost": params.outcomes.cost,
+        "ladder_rule": ladder_rule,  # the lambda x cost rule over the ladder (empty: 2 models)
     }
     logger.info(
         "Router APGR %.3f (oracle %.3f, random %.3f), CPT(50%%) %.3f",
@@ -156,33 +160,56 @@ def _argmax_label(scores: Any, rung: str) -> np.ndarray:
     return scores[columns].to_numpy().argmax(axis=1) + 1
 
 
-def _ladder(outcomes: Any, scores: Any, test: np.ndarray, params: Any) -> tuple[list, dict]:
-    """Cheapest-rung-good-enough sweep and the exact Lagrangian oracle over the ladder."""
+def _ladder(outcomes: Any, scores: Any, test: np.ndarray, params: Any) -> tuple[list, dict, dict]:
+    """Over the ladder, on the test queries: the cheapest rung predicted good enough (a sweep
+    of ``tau``), the trained router's quality - lambda x cost rule (a sweep of lambda) and the
+    exact Lagrangian oracle. Returns curve rows, metrics and the lambda rule for serving."""
     from router_pipelines.families.query_router import (
+        expected_gaps,
         hull_area,
+        label_gap_means,
         ladder_curve,
         ladder_oracle_curve,
+        lambda_curve,
+        lambda_for_budget,
     )
 
     rungs = ladder_names(outcomes)
     if len(rungs) <= 2:
-        return [], {}
+        return [], {}, {}
     kind = params.outcomes.cost
     quality = np.stack([outcomes[f"quality_{r}"].to_numpy()[test] for r in rungs], axis=1)
     cost = np.stack([outcomes[f"{kind}_{r}"].to_numpy()[test] for r in rungs], axis=1)
     p_good = np.stack([scores[f"p_good_{r}"].to_numpy()[test] for r in rungs[:-1]], axis=1)
+    distributions = np.stack(
+        [scores[[f"p{s}_{r}" for s in range(1, 6)]].to_numpy() for r in rungs[:-1]], axis=1
+    )  # (N, R-1, 5) for every query
+    train = (outcomes["split"] == "train").to_numpy()
+    calibration = (outcomes["split"] == "calibration").to_numpy()
+    gap_means = label_gap_means(
+        np.concatenate([outcomes[f"gap_{r}"].to_numpy()[train] for r in rungs[:-1]]),
+        np.concatenate([outcomes[f"label_{r}"].to_numpy()[train] for r in rungs[:-1]]),
+    )
+    # The cost the rule knows before answering: each rung's mean measured cost on the
+    # training split (the test queries' own costs are what the curve then realises).
+    rung_cost = np.array([outcomes[f"{kind}_{r}"].to_numpy()[train].mean() for r in rungs])
+    predicted_gap = expected_gaps(distributions, gap_means)  # (N, R)
     taus = np.linspace(0.0, 1.0, params.evaluation.ladder_taus)
     taus[-1] = 1.0 + 1e-9  # the last point: always the strongest rung
     span = float(cost.mean(axis=0).max() - cost.mean(axis=0).min()) or 1.0  # lambda's scale
     lambdas = np.concatenate([[0.0], np.geomspace(1e-6, 1e3, 40) / span, [np.inf]])
+    gap_scale = float(np.ptp(gap_means)) or 1.0
+    rule_lambdas = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 41) * gap_scale / span])
     curves = {
         "ladder_router": ladder_curve(p_good, quality, cost, taus),
+        "ladder_router_lambda": lambda_curve(
+            predicted_gap[test], rung_cost, quality, cost, rule_lambdas
+        ),
         "ladder_oracle": ladder_oracle_curve(quality, np.nan_to_num(cost), lambdas[:-1]),
     }
-    # The oracle's cheapest point (lambda -> infinity) is the always-cheapest rung.
-    curves["ladder_oracle"] = np.vstack(
-        [curves["ladder_oracle"], [cost[:, 0].mean(), quality[:, 0].mean()]]
-    )
+    # The cheapest points (lambda -> infinity) are the always-cheapest rung.
+    for name in ("ladder_router_lambda", "ladder_oracle"):
+        curves[name] = np.vstack([curves[name], [cost[:, 0].mean(), quality[:, 0].mean()]])
     # Areas in normalised units: cost 0 = the cheapest rung, 1 = the strongest; quality as PGR
     # between the cheapest rung (0) and the strongest (1), like APGR for two models.
     c0, c1 = float(cost[:, 0].mean()), float(cost[:, -1].mean())
@@ -197,7 +224,16 @@ def _ladder(outcomes: Any, scores: Any, test: np.ndarray, params: Any) -> tuple[
     for index, rung in enumerate(rungs):
         metrics[f"ladder_{rung}_cost"] = float(cost[:, index].mean())
         metrics[f"ladder_{rung}_quality"] = float(quality[:, index].mean())
-    return rows, metrics
+    budget = rung_cost[0] + params.evaluation.serving_target_share * (rung_cost[-1] - rung_cost[0])
+    serving_lambda = lambda_for_budget(predicted_gap[calibration], rung_cost, budget, rule_lambdas)
+    rule = {
+        "gap_means": [float(v) for v in gap_means],
+        "rung_costs": [float(v) for v in rung_cost],
+        "cost": kind,
+        "serving_lambda": float(serving_lambda),
+        "lambdas": [float(v) for v in rule_lambdas],
+    }
+    return rows, metrics, rule
 
 
 def routing_figure(table: Any) -> Any:
@@ -214,11 +250,16 @@ def routing_figure(table: Any) -> Any:
     axes[0].set_title("Two models: threshold sweep (held-out)")
     axes[0].legend()
     if len(ladder):
-        for name in ("ladder_router", "ladder_oracle"):
+        labels = {
+            "ladder_router": "router: cheapest rung with P(good) >= tau",
+            "ladder_router_lambda": "router: max predicted quality - lambda x cost",
+            "ladder_oracle": "oracle: max quality - lambda x cost",
+        }
+        for name, label in labels.items():
             rows = ladder[ladder["router"] == name].sort_values("cost")
-            axes[1].plot(rows["cost"], rows["quality"], marker=".", label=name)
-        axes[1].set(xlabel="mean cost per query", ylabel="mean quality")
-        axes[1].set_title("Ladder: cheapest rung predicted good enough")
+            axes[1].plot(rows["cost"], rows["quality"], marker=".", label=label)
+        axes[1].set(xlabel="mean measured cost per query", ylabel="mean quality")
+        axes[1].set_title("Ladder of models (held-out)")
         axes[1].legend()
     figure.tight_layout()
     return figure
@@ -245,10 +286,7 @@ def register_router(
     if skipped is not None:
         return skipped
     metrics = routing_metrics["metrics"]
-    headline = {
-        key: float(metrics[key])
-        for key in ("router_apgr", "router_cpt_50", "oracle_apgr", "oracle_cpt_50")
-    }
+    headline = {key: float(metrics[key]) for key in HEADLINE_METRICS}
     tags = {FINGERPRINT_TAG: training_summary["fingerprint"]}
     with tempfile.TemporaryDirectory(prefix="router-") as tmp:
         routing = Path(tmp) / "routing.json"

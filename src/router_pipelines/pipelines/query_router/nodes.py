@@ -69,7 +69,7 @@ def measure_outcomes(queries: Any, switchable_model: Any, outcomes_params: dict[
 
     config = parse_query_router_params({"outcomes": outcomes_params}).outcomes
     rungs = switchable_rungs(switchable_model, config.ladder)
-    scored = score_rungs(queries, rungs, warmup=config.warmup)
+    scored = score_rungs(queries, rungs, warmup=config.warmup, batch_size=config.batch_size)
     switchable_model.model.set_precision(None)
     outcomes, edges = add_labels(scored, [r.name for r in rungs], config.label_quantiles)
     outcomes = add_question_text(outcomes, switchable_model.tokenizer)
@@ -106,17 +106,24 @@ def ladder_names(outcomes: Any) -> list[str]:
 def train_router(
     outcomes: Any,
     base_model: Any,
+    saved_models: Any,
+    model_registry: Any,
     prompt_params: dict[str, Any],
     router_params: dict[str, Any],
     data_params: dict[str, Any],
     training_params: dict[str, Any],
+    source_params: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any], Any]:
-    """Fine-tune the router to answer ``[[1]]``..``[[5]]`` (loss on the label token only).
+    """Fine-tune the router to answer ``[[1]]``..``[[5]]`` (loss on the label token only), or
+    reuse a saved / registered router with the same identity (``query_router.source``).
 
     Training examples: the training split's measured labels (or the seed's JSONL with
     ``query_router.data.jsonl_path``, split 90/10 with seed 42); the engine's eval set: the
     calibration split (the seed JSONL's 10%). ``num_train_epochs`` sets ``max_steps``; an
-    evaluation and a checkpoint close every epoch.
+    evaluation and a checkpoint close every epoch. The identity covers the base LM's
+    fingerprint, the prompt, the router and training settings and a digest of every training
+    and evaluation example (prompt text and label): the labels carry the data and the cheap
+    and strong models, so a change upstream retrains.
 
     Returns:
         The router bundle (family ``query_router``), a training summary and the loss figure.
@@ -128,9 +135,11 @@ def train_router(
         seed_record_text,
         seed_split,
     )
-    from router_pipelines.model_source import IDENTITY_KEY, ModelIdentity
+    from router_pipelines.model_source import IDENTITY_KEY, ModelIdentity, decide_source
     from router_pipelines.models.bundle import ModelBundle
     from router_pipelines.models.query_router import LABEL_TOKENS, add_label_tokens
+    from router_pipelines.pipelines.common import reused_summary
+    from router_pipelines.storage import digest_json
     from router_pipelines.tracking import metric_logger
     from router_pipelines.training import Trainer, result_affecting_fields
 
@@ -181,11 +190,30 @@ def train_router(
         {
             "family": FAMILY,
             "base": base_name,
+            "router": dataclasses.asdict(params.router),
             "prompt": dataclasses.asdict(params.prompt),
             "labels": source,
+            "examples": digest_json([train_set.input_ids.tolist(), eval_set.input_ids.tolist()]),
             "training": result_affecting_fields(training),
         }
     )
+    decision = decide_source(
+        source_params,
+        "query_router.source",
+        identity,
+        saved_models,
+        model_registry,
+        registry_name=FAMILY,
+    )
+    if decision.reused:
+        summary = reused_summary(decision)
+        logger.info("Query router reused from %s", decision.where)
+        return decision.bundle, summary, history_figure(decision.metadata, "query router")
+    if decision.origin == "pretrained":
+        raise ValueError(
+            "query_router.source.source: 'pretrained' is not a source of routers; use auto, "
+            "catalog, registry or train"
+        )
     trainer = Trainer(
         model,
         make_router_loss(label_ids),

@@ -13,11 +13,13 @@ from router_pipelines.pipelines.query_router.nodes import (
     measure_outcomes,
     train_router,
 )
+from router_pipelines.promotion import DATA_REPORT, promotion_node
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     """The ``query_router`` namespace, reading ``switchable.model`` (the cheap and strong
-    models: its widths), ``pretrain.model`` (the router's base LM) and ``validation_tokens``."""
+    models: its widths), ``pretrain.model`` (the router's base LM), ``validation_tokens``, the
+    saved routers and the registry (reuse) and the data report (promotion)."""
     nodes = [
         Node(
             cut_router_queries,
@@ -36,10 +38,13 @@ def create_pipeline(**kwargs) -> Pipeline:
             [
                 "outcomes",
                 "base_model",
+                "saved_models",
+                "model_registry",
                 "params:prompt",
                 "params:router",
                 "params:data",
                 "params:training",
+                "params:source",
             ],
             ["model", "training_summary", "loss_curve"],
             name="train_router",
@@ -62,6 +67,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             "registration",
             name="register_router",
         ),
+        promotion_node("query_router"),
     ]
     return Pipeline(
         nodes,
@@ -70,5 +76,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             "switchable_model": "switchable.model",
             "base_model": "pretrain.model",
             "validation_tokens": "validation_tokens",
+            "model_registry": "model_registry",
+            DATA_REPORT: DATA_REPORT,
         },
+        parameters={"params:promotion"},
     )
