@@ -4,7 +4,7 @@
    ``conf/base/parameters_data_processing.yml`` (``cache_dir`` in a temp folder), each run in a
    fresh Python subprocess: cold (empty cache), then warm (the cache the cold run wrote).
    Imports are timed separately from the nodes. ``--repeats`` times, a new cache each time.
-2. ``kedro run --pipeline=data_processing``: wall time of the whole command (interpreter start,
+2. ``kedro run --pipelines=data_processing``: wall time of the whole command (interpreter start,
    Kedro and MLflow start-up included), cold then warm, in a temp copy of the project (as
    ``tests/pipelines/test_end_to_end.py`` makes one) with MLflow on a temp sqlite file.
 3. Tokenizer: byte-level BPE training time at vocab 8192 on the train split, and batch-encoding
@@ -28,7 +28,7 @@ import common
 
 NAME = "data"
 WARM_TARGET = 0.10  # warm / cold
-WARM_RUN_TARGET_S = 6.0  # issue 7, section 6: a warm `kedro run --pipeline=data_processing`
+WARM_RUN_TARGET_S = 6.0  # issue 7, section 6: a warm `kedro run --pipelines=data_processing`
 RAW_PATH = common.PROJECT_ROOT / "data/01_raw/python_docs.jsonl"
 PARAMS_FILE = common.PROJECT_ROOT / "conf/base/parameters_data_processing.yml"
 RESULT_MARKER = "BENCH_DATA_RESULT "
@@ -113,7 +113,7 @@ def project_copy(root: Path) -> Path:
 
 
 def bench_kedro(repeats: int, max_records: int | None) -> dict[str, list[float]]:
-    """Wall seconds of ``kedro run --pipeline=data_processing``, cold then warm, per repeat,
+    """Wall seconds of ``kedro run --pipelines=data_processing``, cold then warm, per repeat,
     and of ``kedro registry list`` (start-up plus loading every pipeline)."""
     kedro = Path(sys.executable).with_name("kedro")
     runs: dict[str, list[float]] = {"cold": [], "warm": [], "registry list": []}
@@ -124,7 +124,7 @@ def bench_kedro(repeats: int, max_records: int | None) -> dict[str, list[float]]
         # Create the MLflow database once, so no cold run pays its schema migrations.
         init = f"import mlflow; mlflow.MlflowClient({uri!r}).search_experiments()"
         subprocess.run([sys.executable, "-c", init], env=env, check=True, capture_output=True)
-        command = [str(kedro), "run", "--pipeline=data_processing"]
+        command = [str(kedro), "run", "--pipelines=data_processing"]
         if max_records is not None:
             command.append(f"--params=data.max_records={max_records}")
         for repeat in range(repeats):
@@ -232,7 +232,7 @@ def result_rows(nodes_runs, kedro_runs, tok) -> list[dict[str, Any]]:
         stats = common.summarize(seconds)
         rows.append(
             {
-                "table": "`kedro run --pipeline=data_processing` and `kedro registry list` "
+                "table": "`kedro run --pipelines=data_processing` and `kedro registry list` "
                 "wall time (seconds)",
                 "command": state if state == "registry list" else f"run, {state} cache",
                 "wall_s": round(stats["median"], 2),
@@ -303,7 +303,7 @@ def main() -> None:
         kedro_warm = statistics.median(kedro_runs["warm"])
         targets.append(
             common.target(
-                "`kedro run --pipeline=data_processing`, warm / cold (whole command)",
+                "`kedro run --pipelines=data_processing`, warm / cold (whole command)",
                 f"<= {WARM_TARGET:.0%}",
                 f"{kedro_warm / kedro_cold:.1%} ({kedro_warm:.1f} s / {kedro_cold:.1f} s)",
                 kedro_warm / kedro_cold <= WARM_TARGET,
@@ -311,7 +311,7 @@ def main() -> None:
         )
         targets.append(
             common.target(
-                "`kedro run --pipeline=data_processing` on a warm cache (whole command)",
+                "`kedro run --pipelines=data_processing` on a warm cache (whole command)",
                 f"< {WARM_RUN_TARGET_S:.0f} s",
                 f"{kedro_warm:.1f} s",
                 kedro_warm < WARM_RUN_TARGET_S,
@@ -356,7 +356,7 @@ def main() -> None:
             "without special tokens; MB = 10^6 bytes of UTF-8 text.",
             "Start-up before issue 7's changes (commit d604903, same machine, 2 cores, "
             "measured with /usr/bin/time): `kedro registry list` 7.8-8.6 s, a warm "
-            "`kedro run --pipeline=data_processing` 9.3 s (16.8 s in the earlier benchmark, "
+            "`kedro run --pipelines=data_processing` 9.3 s (16.8 s in the earlier benchmark, "
             "under load). python -X importtime showed torch, transformers and accelerate "
             "imported by the pipeline modules (2.6 s before any node) and torch again through "
             "the model datasets and AutoTokenizer; they are now imported by the nodes that use "

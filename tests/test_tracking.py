@@ -22,8 +22,33 @@ def test_loss_curve_figure_plots_train_and_eval():
         },
         "t",
     )
-    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    loss_axes, lr_axes = figure.axes
+    labels = [line.get_label() for line in loss_axes.get_lines()]
     assert labels == ["train loss", "eval loss"]
+    legend = [text.get_text() for text in loss_axes.get_legend().get_texts()]
+    assert legend == labels, "every curve of the panel is in its legend"
+    assert loss_axes.get_ylabel() == "loss (nats per token)"
+    assert (lr_axes.get_ylabel(), lr_axes.get_xlabel()) == ("learning rate", "optimizer step")
+
+
+def test_a_summed_train_loss_is_drawn_as_its_per_width_mean():
+    """The joint switchable loss sums one loss per width (~3x an eval loss): the figure draws
+    the logged mean, so train and eval share a scale."""
+    figure = loss_curve_figure(
+        {
+            "train_loss": [(0, 16.9), (10, 16.5)],
+            "train_loss_per_width": [(0, 5.63), (10, 5.5)],
+            "eval_loss": [(10, 5.7)],
+            "eval_bits": [(10, 2.0)],
+        },
+        "switchable",
+    )
+    (axes,) = figure.axes
+    drawn = {line.get_label(): list(line.get_ydata()) for line in axes.get_lines()}
+    assert drawn == {
+        "train loss (mean over widths)": [5.63, 5.5],
+        "eval loss (at 2 bits)": [5.7],
+    }
 
 
 def test_metrics_are_logged_under_the_namespace_of_the_node(mlflow_store):

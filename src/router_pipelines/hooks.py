@@ -225,8 +225,11 @@ def replace_persisted_outputs(pipeline: Any, catalog: Any) -> list[str]:
     return replaced
 
 
-# What the MLflow UI shows first for an experiment: "custom_model_development" opens it on its
-# training runs (the default for an experiment without the tag may be the GenAI traces page).
+# The experiment's kind, as MLflow records it ("custom_model_development": model training, not
+# GenAI). The 3.17 UI does not read it to choose its page: its mode is the UI's own GenAI / Model
+# training switch (workflow-based navigation is built in switched on), which the URL parameter
+# ``?workflowType=machine_learning`` sets; `make mlflow-ui` and the run summary link with it
+# (terminal.UI_TRAINING_MODE, docs/operations.md). The tag is kept for clients that do read it.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 EXPERIMENT_DESCRIPTIONS = {
     "debug": "Debug-sized runs of router_pipelines (`kedro run --env=debug`): tiny models on a "

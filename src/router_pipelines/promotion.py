@@ -10,9 +10,14 @@ per metric) passes against the current champion:
 * the cost metric, if the rule names one (e.g. ``lowest_width_effective_bits``), is no worse.
 
 Both numbers come from the same held-out data: each version records the fingerprint of the
-validation split it was measured on (tag ``held_out_data``); a champion measured on other data
-is not compared (the challenger stays challenger, with the reason) rather than compared on
-numbers that do not mean the same. The first version of a name becomes champion. A version
+validation split it was measured on (tag ``held_out_data``). When the champion was measured on
+other data, a family that supplies a re-scoring function (``promotion_node(namespace,
+evaluate=..., inputs=[...])``) has the champion loaded from the registry (safetensors, no code
+run) and scored on this run's held-out data by the same evaluation as the challenger; the
+comparison then uses those numbers (kept on the champion as ``rescored.*`` tags, so the next
+challenger on the same data reuses them). A family without one keeps the champion and tags the
+challenger "not comparable" rather than compare numbers that do not mean the same. The first
+version of a name becomes champion. A version
 that is not promoted gets the tag ``promotion`` with the reason; the champion alias is only
 ever moved from one version to a better one, never removed.
 
@@ -24,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial, update_wrapper
 from typing import Any
@@ -37,6 +42,15 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 HELD_OUT_TAG = "held_out_data"
 DATA_REPORT = "data_processing.data_report"  # carries the validation split's fingerprint
 PROMOTION_TAG = "promotion"
+# Tags on a champion scored again on newer held-out data: ``rescored.held_out_data`` (which
+# data) and ``rescored.<metric>`` per metric the family's re-scoring function returned.
+RESCORED_PREFIX = "rescored."
+# What a failed re-scoring may raise (a bundle that does not load, a tokenizer that does not fit
+# the data, a registry error); anything else is a bug and stops the run.
+RESCORE_ERRORS = (ValueError, KeyError, OSError, RuntimeError)
+
+# ``evaluate(champion_bundle, *inputs) -> {metric: value}``: a family's re-scoring function.
+Evaluate = Callable[..., Mapping[str, float]]
 
 
 @dataclass
@@ -86,18 +100,36 @@ def parse_promotion_params(group: Mapping[str, Any] | None) -> PromotionParams:
     return params
 
 
-def promotion_node(namespace: str) -> Any:
+def promotion_node(
+    namespace: str, evaluate: Evaluate | None = None, inputs: Sequence[str] = ()
+) -> Any:
     """The ``promote`` node for the namespace's pipeline: ``registration`` +
     ``data_processing.data_report`` (the validation split's fingerprint) + ``params:promotion``
-    -> ``promotion``. Declare ``params:promotion`` in the namespace pipeline's ``parameters``
-    and ``data_processing.data_report`` in its ``inputs``."""
+    (+ ``inputs``) -> ``promotion``. Declare ``params:promotion`` in the namespace pipeline's
+    ``parameters`` and ``data_processing.data_report`` in its ``inputs``.
+
+    Args:
+        namespace: the family's namespace (its rule is ``promotion.rules.<namespace>``).
+        evaluate: optional ``evaluate(bundle, *loaded_inputs) -> {metric: value}``: scores a
+            registered model (a :class:`~router_pipelines.models.bundle.ModelBundle`) on this
+            run's held-out data with the family's own evaluation, returning the same keys as
+            the registration's ``metrics``. Called for the champion only when it was measured on
+            other held-out data. ``None``: such a champion is not compared.
+        inputs: the datasets and ``params:`` the function takes after the bundle, as named in
+            the namespace (e.g. ``["validation_tokens", "tokenizer", "params:training"]``).
+    """
     from kedro.pipeline import Node
 
+    if evaluate is None and inputs:
+        raise ValueError(f"promotion_node({namespace!r}): inputs {list(inputs)} without evaluate")
     # update_wrapper: the partial gets the function's name (Kedro logs it, and warns without)
-    func = update_wrapper(partial(promote_registration, namespace=namespace), promote_registration)
+    func = update_wrapper(
+        partial(promote_registration, namespace=namespace, evaluate=evaluate),
+        promote_registration,
+    )
     return Node(
         func,
-        ["registration", DATA_REPORT, "params:promotion"],
+        ["registration", DATA_REPORT, "params:promotion", *inputs],
         "promotion",
         name="promote_champion",
     )
@@ -107,12 +139,13 @@ def promote_registration(
     registration: Mapping[str, Any],
     data_report: Mapping[str, Any] | None,
     promotion_params: Mapping[str, Any],
-    *,
+    *evaluate_inputs: Any,
     namespace: str,
+    evaluate: Evaluate | None = None,
 ) -> dict[str, Any]:
     """Node: alias the version registered in this run ``challenger``, and ``champion`` if it
     beats the champion (see the module docstring). A run that registered nothing changes
-    nothing."""
+    nothing. ``evaluate_inputs`` are the loaded ``inputs`` of :func:`promotion_node`."""
     params = parse_promotion_params(promotion_params)
     if not params.enabled:
         return {"promoted": False, "alias": None, "reason": "promotion.enabled is false"}
@@ -129,6 +162,12 @@ def promote_registration(
             f"conf/base/parameters_promotion.yml (known: {sorted(params.rules)})"
         )
     held_out = held_out_fingerprint(data_report)
+    rescore = None
+    if evaluate is not None:
+
+        def rescore(champion: Any) -> Mapping[str, float]:
+            return evaluate(load_registered(champion), *evaluate_inputs)
+
     return promote(
         registration["name"],
         str(registration["version"]),
@@ -136,7 +175,36 @@ def promote_registration(
         rule,
         held_out=held_out,
         where=f"promotion.rules.{namespace}",
+        rescore=rescore,
     )
+
+
+def load_registered(version: Any) -> Any:
+    """The :class:`~router_pipelines.models.bundle.ModelBundle` of a registered version (an
+    MLflow ``ModelVersion``), read from its safetensors bundle: no pickle, no logged code, no
+    remote code."""
+    import mlflow
+
+    from router_pipelines.datasets.registry import ModelRegistry
+
+    registry = ModelRegistry(mlflow.get_registry_uri(), tracking_uri=mlflow.get_tracking_uri())
+    return registry.get(version.name, str(version.version)).load(trust_remote_code=False)
+
+
+def check_same_tokenizer(bundle: Any, tokenizer: Any, what: str) -> None:
+    """For a family's ``evaluate``: the champion's tokenizer must be the data's, or its scores on
+    this run's token ids would mean nothing (and perplexities over other tokens do not compare).
+
+    Raises:
+        ValueError: the vocabularies or special tokens differ (a retrained tokenizer).
+    """
+    from router_pipelines.model_source import tokenizer_digest
+
+    if tokenizer_digest(bundle.tokenizer) != tokenizer_digest(tokenizer):
+        raise ValueError(
+            f"{what}: its tokenizer ({len(bundle.tokenizer)} tokens) is not the data's "
+            f"({len(tokenizer)} tokens, data.tokenizer); scores on other token ids do not compare"
+        )
 
 
 def held_out_fingerprint(data_report: Mapping[str, Any] | None) -> str:
@@ -155,11 +223,16 @@ def promote(
     held_out: str,
     where: str = "promotion rule",
     client: Any = None,
+    rescore: Callable[[Any], Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Alias ``name`` version ``version`` challenger, and champion when it passes ``rule``.
 
+    ``rescore(champion_model_version) -> metrics`` scores the champion on ``held_out`` when it
+    was measured on other data (``None``: such a champion is not compared).
+
     Returns:
-        ``{"promoted", "alias", "name", "version", "champion_version", "reason"}``; the alias
+        ``{"promoted", "alias", "name", "version", "champion_version", "reason"}``, plus
+        ``"champion_rescored": {metric: value}`` when the champion was re-scored; the alias
         is the one this version holds afterwards.
 
     Raises:
@@ -180,32 +253,75 @@ def promote(
     if champion is None or str(champion.version) == version:
         return _crown(client, name, version, None, "first version: no champion yet")
     baseline = _tag_metrics(champion.tags, rule)
+    rescored: dict[str, float] | None = None
     if champion.tags.get(HELD_OUT_TAG) != held_out:
-        return _keep(
-            client,
-            name,
-            version,
-            champion,
+        other_data = (
             f"champion v{champion.version} was measured on other held-out data "
-            f"({champion.tags.get(HELD_OUT_TAG)!r}, not {held_out!r}); not comparable",
+            f"({champion.tags.get(HELD_OUT_TAG)!r}, not {held_out!r})"
         )
+        if champion.tags.get(RESCORED_PREFIX + HELD_OUT_TAG) == held_out:
+            rescored = _tag_metrics(champion.tags, rule, prefix=RESCORED_PREFIX)
+        elif rescore is None:
+            return _keep(client, name, version, champion, f"{other_data}; not comparable")
+        else:
+            try:
+                rescored = _rescore(client, champion, rescore, held_out)
+            except RESCORE_ERRORS as error:
+                return _keep(
+                    client,
+                    name,
+                    version,
+                    champion,
+                    f"{other_data} and could not be re-scored on it "
+                    f"({type(error).__name__}: {error})",
+                )
+        baseline = {
+            key: rescored[key] for key in (rule.metric, rule.cost_metric) if key in rescored
+        }
     missing = [key for key in (rule.metric, rule.cost_metric) if key and key not in baseline]
     if missing:
         return _keep(
             client, name, version, champion, f"champion v{champion.version} has no {missing}"
         )
+    on_what = " (re-scored on this held-out data)" if rescored is not None else ""
     failure = validation_failure(metrics, baseline, rule)
     if failure is not None:
-        return _keep(client, name, version, champion, failure)
-    change = metrics[rule.metric] - baseline[rule.metric]
-    return _crown(
-        client,
-        name,
-        version,
-        champion,
-        f"{rule.metric} {metrics[rule.metric]:.6g} vs champion v{champion.version}'s "
-        f"{baseline[rule.metric]:.6g} ({change:+.3g})",
+        result = _keep(client, name, version, champion, failure + on_what)
+    else:
+        change = metrics[rule.metric] - baseline[rule.metric]
+        result = _crown(
+            client,
+            name,
+            version,
+            champion,
+            f"{rule.metric} {metrics[rule.metric]:.6g} vs champion v{champion.version}'s "
+            f"{baseline[rule.metric]:.6g}{on_what} ({change:+.3g})",
+        )
+    if rescored is not None:
+        result["champion_rescored"] = rescored
+    return result
+
+
+def _rescore(
+    client: Any, champion: Any, rescore: Callable[[Any], Mapping[str, float]], held_out: str
+) -> dict[str, float]:
+    """The champion's metrics on ``held_out`` from the family's function, recorded on the
+    champion as ``rescored.*`` tags (its own ``held_out_data`` and metric tags stay as
+    registered)."""
+    logger.info(
+        "%s v%s was measured on other held-out data: re-scoring it on this run's",
+        champion.name,
+        champion.version,
     )
+    scored = {key: float(value) for key, value in dict(rescore(champion)).items()}
+    for key, value in scored.items():
+        client.set_model_version_tag(
+            champion.name, str(champion.version), f"{RESCORED_PREFIX}{key}", repr(value)
+        )
+    client.set_model_version_tag(
+        champion.name, str(champion.version), RESCORED_PREFIX + HELD_OUT_TAG, held_out
+    )
+    return scored
 
 
 def thresholds(rule: PromotionRule) -> dict[str, Any]:
@@ -288,13 +404,15 @@ def _version_by_alias(client: Any, name: str, alias: str) -> Any:
         return None
 
 
-def _tag_metrics(tags: Mapping[str, str], rule: PromotionRule) -> dict[str, float]:
+def _tag_metrics(
+    tags: Mapping[str, str], rule: PromotionRule, prefix: str = ""
+) -> dict[str, float]:
     values = {}
     for key in (rule.metric, rule.cost_metric):
-        if key is None or key not in tags:
+        if key is None or prefix + key not in tags:
             continue
         try:
-            values[key] = float(tags[key])
+            values[key] = float(tags[prefix + key])
         except ValueError:
             continue
     return values

@@ -299,6 +299,12 @@ def print_banner(
     _console().print(table)
 
 
+# The MLflow UI (3.17) opens every experiment in its GenAI mode (traces, token usage) unless
+# told otherwise: its mode is a switch of the UI, remembered by the browser, that this URL
+# parameter sets; the experiment's ``mlflow.experimentKind`` tag is not what it reads.
+UI_TRAINING_MODE = "?workflowType=machine_learning"
+
+
 def print_summary(results: Mapping[str, Mapping[str, Any]], run: tuple[str, str] | None) -> None:
     """One row per registration (model, version, alias, headline metrics), then where to look."""
     from rich.table import Table
@@ -331,5 +337,6 @@ def print_summary(results: Mapping[str, Mapping[str, Any]], run: tuple[str, str]
     if run is not None:
         console.print(
             f"Open the run: [bold]make mlflow-ui[/bold], then "
-            f"http://127.0.0.1:5000/#/experiments/{run[0]}/runs/{run[1]}"
+            f"http://127.0.0.1:5000/#/experiments/{run[0]}/runs/{run[1]}{UI_TRAINING_MODE}",
+            soft_wrap=True,  # no line break inside the link: it stays one clickable URL
         )

@@ -80,31 +80,53 @@ def metric_logger(prefix: str = "") -> Callable[[Mapping[str, float], int], None
 
 
 def loss_curve_figure(history: Mapping[str, list[tuple[int, float]]], title: str) -> Figure:
-    """Train and eval loss (and lr on a twin axis) against the optimizer step.
+    """Train and eval loss against the optimizer step, the learning rate in a panel below.
+
+    A family whose ``train_loss`` is a sum over several losses of the same kind (the joint
+    switchable loss sums one per width) also logs ``train_loss_per_width``, its mean: that is
+    drawn instead, so the train and eval curves share one scale. An eval run at one fixed bit
+    width (``eval_bits``) says so in its label.
 
     A bare ``Figure`` (matplotlib's object API): it renders with Agg, is not registered with
     pyplot, and is freed with its last reference; the catalog's plot dataset saves it.
     """
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(7, 4))
-    axis = figure.add_subplot()
-    for key, label in (("train_loss", "train loss"), ("eval_loss", "eval loss")):
+    has_lr = bool(history.get("lr"))
+    figure = Figure(figsize=(7, 5 if has_lr else 4), layout="constrained")
+    if has_lr:
+        axis, lr_axis = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    else:
+        axis, lr_axis = figure.subplots(), None
+    train_key, train_label = "train_loss", "train loss"
+    if history.get("train_loss_per_width"):
+        train_key, train_label = "train_loss_per_width", "train loss (mean over widths)"
+    eval_label = "eval loss"
+    eval_bits = {value for _, value in history.get("eval_bits", [])}
+    if len(eval_bits) == 1:
+        eval_label += f" (at {next(iter(eval_bits)):g} bits)"
+    for key, label, style in (
+        (train_key, train_label, {}),
+        ("eval_loss", eval_label, {"marker": "o", "markersize": 4}),
+    ):
         points = history.get(key, [])
         if points:
             steps, values = zip(*points, strict=True)
-            axis.plot(steps, values, label=label, marker="." if key == "eval_loss" else None)
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("loss")
+            axis.plot(steps, values, label=label, **style)
+    axis.set_ylabel("loss (nats per token)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    if history.get("lr"):
-        lr_axis = axis.twinx()
+    if axis.lines:
+        axis.legend(loc="best")
+    bottom = axis
+    if lr_axis is not None:
         steps, values = zip(*history["lr"], strict=True)
-        lr_axis.plot(steps, values, color="grey", alpha=0.4, linewidth=1, label="lr")
+        lr_axis.plot(steps, values, color="0.4", linewidth=1)
         lr_axis.set_ylabel("learning rate")
-    axis.legend(loc="upper right")
-    figure.tight_layout()
+        lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        lr_axis.grid(alpha=0.3)
+        bottom = lr_axis
+    bottom.set_xlabel("optimizer step")
     return figure
 
 

@@ -86,3 +86,19 @@ def test_corrupt_metadata_is_named(saved):
 def test_is_read_only(tmp_path, bundle):
     with pytest.raises(DatasetError, match="read-only"):
         ModelVersionsDataset(str(tmp_path)).save(bundle)
+
+
+def test_preview_is_a_table_of_the_saved_versions_without_weights(saved):
+    """Kedro-Viz's table preview (``TablePreview``: pandas' split layout), newest first, from the
+    metadata only: the weights are garbage here and are never read."""
+    import inspect
+
+    for weights in saved.glob("*/base_lm/model.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    dataset = ModelVersionsDataset(str(saved))
+    table = dataset.preview(nrows=1)
+    assert inspect.signature(dataset.preview).return_annotation == "TablePreview"
+    assert table["columns"][:3] == ["version", "family", "origin"]
+    assert len(table["data"]) == len(table["index"]) == 1, "nrows"
+    assert table["data"][0][1] == "causal_lm"
+    assert len(dataset.preview()["data"]) == 2

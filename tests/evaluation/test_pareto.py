@@ -71,7 +71,7 @@ def test_plot_connects_and_labels_the_front(results):
     assert isinstance(figure, Figure)
     axes = figure.axes[0]
     assert axes.get_title() == "ppl vs bits"
-    assert axes.get_xlabel() == "effective_bits"
+    assert axes.get_xlabel() == "effective bits per weight", "a label with its unit"
     (front_line,) = axes.get_lines()
     assert list(front_line.get_xdata()) == [2.5, 4.5, 4.5, 8.0, 16.0]  # sorted by x
     labels = sorted(text.get_text() for text in axes.texts)
@@ -99,11 +99,39 @@ def test_plot_fronts_draws_one_panel_per_front(results):
     figure = plot_fronts(table, FRONTS)
     assert isinstance(figure, Figure) and len(figure.axes) == 2
     bits_axes, speed_axes = figure.axes
-    assert (bits_axes.get_xlabel(), bits_axes.get_ylabel()) == ("effective_bits", "perplexity")
-    assert speed_axes.get_title() == "perplexity vs tokens_per_s"
+    assert (bits_axes.get_xlabel(), bits_axes.get_ylabel()) == (
+        "effective bits per weight (lower is better)",
+        "validation perplexity (lower is better)",
+    )
+    assert speed_axes.get_title() == "validation perplexity vs decode speed, tokens/s at batch 1"
     assert sorted(t.get_text() for t in bits_axes.texts) == ["a", "b", "c", "e", "f"]
     # pareto_speed is not a column: computed from the objectives
     assert sorted(t.get_text() for t in speed_axes.texts) == ["a", "b", "c", "f", "g"]
+
+
+def test_front_labels_do_not_overlap_each_other():
+    """Five front points bunched in a corner: every label still gets a box of its own."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    table = pd.DataFrame(
+        {
+            "name": [f"configuration_{i}" for i in range(5)],
+            "effective_bits": [2.0, 2.1, 2.2, 2.3, 16.0],
+            "perplexity": [20.0, 19.9, 19.8, 19.7, 5.0],
+        }
+    )
+    mask = pareto_front(table, {"perplexity": "min", "effective_bits": "min"})
+    figure = plot_pareto(table, "effective_bits", "perplexity", mask, "crowded")
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    notes = figure.axes[0].texts
+    for note in notes:
+        note.update_positions(renderer)
+    boxes = [Text.get_window_extent(note, renderer) for note in notes]  # text, not its leader
+    assert len(boxes) == 5
+    for i, box in enumerate(boxes):
+        for other in boxes[i + 1 :]:
+            assert not box.overlaps(other), (box, other)
 
 
 def test_plot_fronts_needs_two_objectives_per_front(results):

@@ -4,22 +4,28 @@ network guard), their APIs, and the pages rendered by headless Chromium (Debian'
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 
 import pytest
 
 from operations.support import described, free_port, get_json, render, server, user_environment
+from router_pipelines.terminal import UI_TRAINING_MODE
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def viz(debug_run):
-    """`kedro viz run` in the debug run's project; yields (base url, guard log)."""
+    """`kedro viz run --env debug` in the debug run's project; yields (base url, guard log)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = ["-m", "kedro", "viz", "run", "--host", "127.0.0.1", "--port", str(port), "--no-browser"]
+    # --env debug: the catalog of the debug run, so the previews find its files
+    args = [
+        "-m", "kedro", "viz", "run", "--env", "debug",
+        "--host", "127.0.0.1", "--port", str(port), "--no-browser",
+    ]  # fmt: skip
     with server(args, debug_run.root, f"{url}/api/main") as log:
         yield url, log
 
@@ -46,6 +52,36 @@ def test_viz_api_has_every_pipeline_and_node(viz, pipelines):
     kinds = {n["name"]: n.get("dataset_type") for n in default["nodes"] if n["type"] == "data"}
     assert kinds["pretrain.model"].endswith("PretrainedModelDataset")
     assert kinds["switchable.promotion"].endswith("AtomicJSONDataset")
+
+
+def test_viz_previews_plots_tables_reports_and_models(viz):
+    """A data node's panel in Kedro-Viz (``/api/nodes/<id>``) previews what the debug run
+    wrote: a PNG plot as an image, a parquet table as a table, a JSON report and a saved model
+    as JSON (the model from its JSON files, without loading weights)."""
+    url, _ = viz
+    default = get_json(f"{url}/api/pipelines/__default__")
+    ids = {n["name"]: n["id"] for n in default["nodes"] if n["type"] == "data"}
+
+    def preview(name: str) -> tuple[str, object]:
+        node = get_json(f"{url}/api/nodes/{ids[name]}")
+        return node.get("preview_type"), node.get("preview")
+
+    kind, image = preview("switchable.pareto_plot")
+    assert kind == "ImagePreview" and base64.b64decode(image)[:4] == b"\x89PNG"
+    kind, table = preview("switchable.evaluation")
+    assert kind == "TablePreview", kind
+    assert {"name", "perplexity", "effective_bits"} <= set(table["columns"])
+    assert len(table["data"]) == min(20, len(table["index"])) > 0
+    kind, report = preview("pretrain.training_summary")
+    assert kind == "JSONPreview" and "validation_perplexity" in json.loads(report)
+    kind, model = preview("pretrain.model")
+    assert kind == "JSONPreview", kind
+    model = json.loads(model)
+    assert model["family"] == "causal_lm" and model["training"]["origin"] == "train"
+    assert "model.safetensors" in model["files"]
+    kind, versions = preview("pretrain.saved_models")
+    assert kind == "TablePreview" and versions["columns"][:3] == ["version", "family", "origin"]
+    assert [row[1:3] for row in versions["data"]] == [["causal_lm", "train"]], "one saved model"
 
 
 def test_viz_reports_its_own_version_without_asking_the_network(viz):
@@ -84,7 +120,11 @@ def mlflow_ui(debug_run):
         "--host", "127.0.0.1",
         "--port", str(port),
     ]  # fmt: skip
-    env = {**user_environment(), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {
+        **user_environment(),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
     with server(args, debug_run.root, f"{url}/health", env=env) as log:
         yield url, log
 
@@ -95,11 +135,15 @@ def test_mlflow_ui_lists_the_run_and_the_registered_models(mlflow_ui, debug_run,
     client = debug_run.client()
     experiment = client.get_experiment_by_name("router_pipelines_debug")
     (run,) = client.search_runs([experiment.experiment_id], order_by=["start_time ASC"])[:1]
-    runs_page = render(
-        f"{url}/#/experiments/{experiment.experiment_id}/runs", "mlflow-runs", tmp_path
+    # What `make mlflow-ui` and the run's summary link to: the UI in its model-training mode.
+    experiments = render(f"{url}/#/experiments{UI_TRAINING_MODE}", "mlflow-experiments", tmp_path)
+    assert "router_pipelines_debug" in experiments
+    experiment_page = render(
+        f"{url}/#/experiments/{experiment.experiment_id}{UI_TRAINING_MODE}", "mlflow-runs", tmp_path
     )
-    assert run.info.run_name in runs_page
-    assert "Training runs" in runs_page, "the experiment opens on its training runs"
+    assert run.info.run_name in experiment_page, "the experiment opens on its runs table"
+    assert "Run Name" in experiment_page and "matching run" in experiment_page
+    assert "Token Usage" not in experiment_page, "not the GenAI overview of traces"
     models_page = render(f"{url}/#/models", "mlflow-models", tmp_path)
     for name in ("base_lm_debug", "switchable_lm_debug"):
         assert name in models_page

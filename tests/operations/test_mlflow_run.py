@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -97,8 +98,16 @@ def test_the_readme_snippet_loads_the_champion_from_any_folder(debug_run, tmp_pa
         print(model.predict(["def add(a, b):"], params={{"max_new_tokens": 4, "bits": "4"}}))
         """
     )
+    # A user's shell: no MLFLOW_REGISTRY_URI that an earlier test's mlflow.set_registry_uri()
+    # left in os.environ (MLflow exports it for subprocesses), which would win over the snippet.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_REGISTRY_URI")}
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (continuation,) = ast.literal_eval(result.stdout.strip().splitlines()[-1])

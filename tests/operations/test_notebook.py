@@ -14,6 +14,8 @@ def test_compare_runs_notebook_executes_on_the_debug_store(debug_run, tmp_path, 
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", debug_run.uri)  # the kernel inherits it
+    # and not a registry URI an earlier test's mlflow.set_registry_uri() exported
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
         notebook,

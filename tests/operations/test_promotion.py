@@ -25,21 +25,42 @@ RULE = PromotionRule(
 HELD_OUT = "abc123/validation"
 
 
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    """One sqlite store for the module's registry tests: creating a store runs MLflow's
+    migrations, seconds each on a loaded machine; each test deletes its model afterwards."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('promotion') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        yield uri
+
+
 @pytest.fixture
-def retrain(mlflow_store, tmp_path):
+def store(shared_store):
+    mlflow.set_tracking_uri(shared_store)
+    mlflow.set_registry_uri(shared_store)
+    yield shared_store
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+@pytest.fixture
+def retrain(store, tmp_path):
     """Register a new version of ``lm`` with ``metrics`` (as tags, as register_model does) and
-    run the promotion on it; returns the client and the function."""
+    run the promotion on it; returns the client and the function. ``lm`` is deleted after the
+    test, so every test starts from an empty registry."""
     client = mlflow.MlflowClient()
     client.create_registered_model("lm")
     source = tmp_path / "model"
     source.mkdir()
 
-    def _retrain(held_out: str = HELD_OUT, **metrics: float) -> dict:
+    def _retrain(held_out: str = HELD_OUT, rescore=None, **metrics: float) -> dict:
         tags = {key: str(value) for key, value in metrics.items()}
         version = str(client.create_model_version("lm", str(source), tags=tags).version)
-        return promote("lm", version, metrics, RULE, held_out=held_out)
+        return promote("lm", version, metrics, RULE, held_out=held_out, rescore=rescore)
 
-    return client, _retrain
+    yield client, _retrain
+    client.delete_registered_model("lm")
 
 
 def _aliases(client) -> dict[str, str]:
@@ -100,6 +121,86 @@ def test_a_champion_measured_on_other_data_is_not_compared(retrain):
     assert _aliases(client)[CHAMPION] == "1"
 
 
+class Rescorer:
+    """A family's re-scoring stand-in: the champion's numbers on the current held-out data."""
+
+    def __init__(self, **metrics: float) -> None:
+        self.metrics, self.calls = metrics, []
+
+    def __call__(self, champion) -> dict:
+        self.calls.append(str(champion.version))
+        return self.metrics
+
+
+def test_a_champion_measured_on_other_data_is_rescored_and_compared_on_it(retrain):
+    """On its old data the champion scored 10; re-scored on the new data it scores 12, so a
+    challenger at 11 wins (it would lose against the stale 10)."""
+    client, new = retrain
+    new(held_out="old/validation", perplexity=10.0, bits=4.0)
+    rescore = Rescorer(perplexity=12.0, bits=4.0)
+    result = new(rescore=rescore, perplexity=11.0, bits=4.0)
+    assert rescore.calls == ["1"], "the champion, and only it, is re-scored"
+    assert result["promoted"] is True, result["reason"]
+    assert result["champion_rescored"] == {"perplexity": 12.0, "bits": 4.0}
+    assert "12 (re-scored on this held-out data)" in result["reason"]
+    assert _aliases(client) == {CHAMPION: "2", CHALLENGER: "2"}
+    v1 = client.get_model_version("lm", "1")
+    assert v1.tags["rescored.perplexity"] == "12.0"
+    assert v1.tags["rescored.held_out_data"] == HELD_OUT
+    assert v1.tags["held_out_data"] == "old/validation", "its registered numbers are kept"
+    assert v1.tags["perplexity"] == "10.0"
+
+
+def test_a_worse_challenger_loses_to_the_rescored_champion(retrain):
+    """Registered at 12 on its old data, the champion scores 9 on the new data: a challenger
+    at 10 (better than the stale 12) stays challenger, and the re-scored numbers are reused by
+    the next challenger on the same data instead of evaluating the champion again."""
+    client, new = retrain
+    new(held_out="old/validation", perplexity=12.0, bits=4.0)
+    rescore = Rescorer(perplexity=9.0, bits=4.0)
+    result = new(rescore=rescore, perplexity=10.0, bits=4.0)
+    assert result["promoted"] is False, result["reason"]
+    assert "re-scored on this held-out data" in result["reason"]
+    assert "check failed" in result["reason"], "MLflow's validation decided"
+    assert _aliases(client) == {CHAMPION: "1", CHALLENGER: "2"}
+    again = new(rescore=rescore, perplexity=8.5, bits=4.0)
+    assert rescore.calls == ["1"], "the second challenger reuses the rescored.* tags"
+    assert again["promoted"] is True and again["champion_rescored"]["perplexity"] == 9.0
+    assert _aliases(client)[CHAMPION] == "3"
+
+
+def test_a_champion_that_cannot_be_rescored_is_kept(retrain):
+    client, new = retrain
+    new(held_out="old/validation", perplexity=10.0, bits=4.0)
+
+    def broken(champion):
+        raise ValueError("its tokenizer (512 tokens) is not the data's (600 tokens)")
+
+    result = new(rescore=broken, perplexity=5.0, bits=4.0)
+    assert result["promoted"] is False
+    assert "could not be re-scored" in result["reason"] and "512 tokens" in result["reason"]
+    assert _aliases(client) == {CHAMPION: "1", CHALLENGER: "2"}
+
+
+def test_promotion_node_passes_its_inputs_to_the_family_function():
+    from router_pipelines.promotion import promotion_node
+
+    def evaluate(bundle, validation_tokens, training):
+        return {}
+
+    node = promotion_node("pretrain", evaluate=evaluate, inputs=["validation_tokens", "params:t"])
+    assert node.inputs == [
+        "registration",
+        "data_processing.data_report",
+        "params:promotion",
+        "validation_tokens",
+        "params:t",
+    ]
+    assert promotion_node("pretrain").inputs[3:] == []
+    with pytest.raises(ValueError, match="inputs .* without evaluate"):
+        promotion_node("pretrain", inputs=["validation_tokens"])
+
+
 def test_a_missing_metric_names_the_rule(retrain):
     with pytest.raises(ConfigError, match=r"promotion.rules.pretrain: metric 'bits'"):
         promote(
@@ -112,7 +213,7 @@ def test_a_missing_metric_names_the_rule(retrain):
         )
 
 
-def test_nothing_registered_changes_nothing(mlflow_store):
+def test_nothing_registered_changes_nothing(store):
     result = promote_registration(
         {"registered": False, "reason": "not trained in this run"},
         None,
@@ -146,9 +247,11 @@ def test_bad_promotion_parameters_are_named(group, message):
 
 
 @pytest.mark.slow
-def test_a_worse_retrain_leaves_the_champion_in_place(debug_run):
-    """The debug run made base_lm_debug v1 champion; a retrain with 2 steps instead of 30 is
-    registered as v2 and stays challenger, with MLflow's reason."""
+def test_a_worse_retrain_on_new_held_out_data_leaves_the_champion_in_place(debug_run):
+    """The debug run made base_lm_debug v1 champion. A retrain with 2 steps instead of 30 on
+    32-token rows instead of 64 (other held-out data: the token cache's fingerprint changes) is
+    registered as v2; v1 is loaded from the registry and re-scored on the new rows by the same
+    evaluation, and v2, worse than that, stays challenger with MLflow's reason."""
     client = debug_run.client()
     first = json.loads(
         (debug_run.root / "data/08_reporting/debug/pretrain/promotion.json").read_text()
@@ -162,7 +265,7 @@ def test_a_worse_retrain_leaves_the_champion_in_place(debug_run):
             "--env=debug",
             "--pipelines=pretrain",
             "--params=pretrain.training.max_steps=2,pretrain.training.eval_steps=2,"
-            "pretrain.training.warmup_steps=1",
+            "pretrain.training.warmup_steps=1,data.seq_len=32",
         ],
         debug_run.root,
         debug_run.root / "network-retrain.jsonl",
@@ -173,11 +276,17 @@ def test_a_worse_retrain_leaves_the_champion_in_place(debug_run):
     )
     assert promotion["promoted"] is False and promotion["version"] == "2", promotion
     assert "validation_perplexity" in promotion["reason"]
+    assert "re-scored on this held-out data" in promotion["reason"], promotion["reason"]
     aliases = {k: str(v) for k, v in client.get_registered_model("base_lm_debug").aliases.items()}
     assert aliases == {CHAMPION: "1", CHALLENGER: "2"}
     v1, v2 = (client.get_model_version("base_lm_debug", v) for v in ("1", "2"))
-    assert float(v2.tags["validation_perplexity"]) > float(v1.tags["validation_perplexity"])
-    assert v1.tags["held_out_data"] == v2.tags["held_out_data"], "same held-out split"
+    assert v1.tags["held_out_data"] != v2.tags["held_out_data"], "other held-out data"
+    assert v1.tags["rescored.held_out_data"] == v2.tags["held_out_data"]
+    rescored = float(v1.tags["rescored.validation_perplexity"])
+    assert rescored == promotion["champion_rescored"]["validation_perplexity"]
+    assert rescored != float(v1.tags["validation_perplexity"]), "scored on other rows"
+    assert float(v2.tags["validation_perplexity"]) > rescored, "the challenger is worse"
+    assert float(v1.tags["rescored.parameters"]) == float(v1.tags["parameters"])
 
 
 @pytest.mark.slow

@@ -50,7 +50,9 @@ def test_debug_run_starts_with_a_banner_and_ends_with_a_summary(debug_run):
         assert re.search(rf"{model}\s+│\s+1\s+│\s+champion", row), row
     assert "validation_perplexity=" in summary and "lowest_width_perplexity=" in summary
     assert re.search(
-        r"make mlflow-ui.*http://127\.0\.0\.1:5000/#/experiments/\d+/runs/\w+", summary
+        r"make mlflow-ui.*http://127\.0\.0\.1:5000/#/experiments/\d+/runs/\w+"
+        r"\?workflowType=machine_learning",
+        summary,
     )
 
 

@@ -209,3 +209,29 @@ def test_a_compatible_saved_model_is_reused_and_a_changed_setting_retrains(
     catalog["params:router.switchable"] = {"source": "catalog"}
     with pytest.raises(Exception, match=r"router.switchable.source=catalog: .*training.kd_weight"):
         SequentialRunner().run(provide, catalog)
+
+
+def test_the_champion_rescoring_matches_the_evaluation_of_the_same_model(tmp_path, base_model):
+    """promotion re-scores a switchable champion with ``rescore_switchable``: on the model the
+    slice just evaluated it gives the same headline numbers as the full evaluation (the mixes
+    and speed it skips do not change them), and it refuses a model of another tokenizer."""
+    from router_pipelines.pipelines.switchable.evaluation_nodes import (
+        headline_metrics,
+        rescore_switchable,
+    )
+
+    params = _switchable_params(tmp_path, switch_strategy="joint")
+    out = _run(params, base_model)
+    evaluation = params["experiment"]["evaluation"]
+    validation = _tokens(16, seed=2)
+    tokenizer = base_model.tokenizer
+    rescored = rescore_switchable(out["model"], validation, tokenizer, evaluation)
+    assert rescored == pytest.approx(headline_metrics(out["evaluation"]), rel=1e-6)
+    assert {"lowest_width_perplexity", "lowest_width_effective_bits"} <= set(rescored)
+
+    other = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a")),
+        pad_token="a",
+    )
+    with pytest.raises(ValueError, match="its tokenizer .* is not the data's"):
+        rescore_switchable(out["model"], validation, other, evaluation)

@@ -257,3 +257,23 @@ def headline_metrics(training_summary: dict[str, Any]) -> dict[str, float]:
         "parameters",
     )
     return {key: float(training_summary[key]) for key in keys if key in training_summary}
+
+
+def rescore_base_model(
+    bundle: Any, validation_tokens: Any, tokenizer: Any, training_params: dict[str, Any]
+) -> dict[str, float]:
+    """The headline metrics of a registered base model (the champion, in promotion) on this
+    run's validation split, by the same evaluation as a model trained now (same batches)."""
+    from router_pipelines.promotion import check_same_tokenizer
+
+    check_same_tokenizer(bundle, tokenizer, "the base model to re-score")
+    training = parse_pretrain_params({"training": training_params}).training
+    validation = validation_report(
+        bundle.model,
+        validation_tokens,
+        tokenizer,
+        training.eval_batch_size or training.batch_size,
+        training.eval_max_batches,
+    )
+    parameters = sum(p.numel() for p in bundle.model.parameters())
+    return headline_metrics({**validation, "parameters": parameters})

@@ -6,7 +6,11 @@ from functools import partial
 
 from kedro.pipeline import Node, Pipeline
 
-from router_pipelines.pipelines.pretrain.nodes import register_base_model, train_base_model
+from router_pipelines.pipelines.pretrain.nodes import (
+    register_base_model,
+    rescore_base_model,
+    train_base_model,
+)
 from router_pipelines.promotion import DATA_REPORT, promotion_node
 
 PARAMETERS = ["params:model", "params:training", "params:lr_finder", "params:register"]
@@ -43,7 +47,16 @@ def create_pipeline(source: str | None = None, **kwargs) -> Pipeline:
         name="register_base_model",
     )
     return Pipeline(
-        [provide, register, promotion_node("pretrain")],
+        [
+            provide,
+            register,
+            # a champion measured on other held-out data is scored again on this run's
+            promotion_node(
+                "pretrain",
+                evaluate=rescore_base_model,
+                inputs=["validation_tokens", "tokenizer", "params:training"],
+            ),
+        ],
         namespace="pretrain",
         inputs={"train_tokens", "validation_tokens", "tokenizer", "model_registry", DATA_REPORT},
         parameters={"params:promotion"} | (set() if source is None else {f"params:{source}"}),

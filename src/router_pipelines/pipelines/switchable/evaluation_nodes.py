@@ -42,6 +42,43 @@ def evaluate_bit_configurations(
     return table
 
 
+def rescore_switchable(
+    bundle: Any, validation_tokens: Any, tokenizer: Any, evaluation_params: dict
+) -> dict[str, float]:
+    """The headline metrics of a registered switchable model (the champion, in promotion) on
+    this run's validation split: the configured uniform widths only (the headline needs no
+    mixes and no speed), evaluated as :func:`evaluate_bit_configurations` does; nothing is
+    logged. A width the champion was not trained at raises ``ValueError``."""
+    import dataclasses
+
+    from router_pipelines.config import config_from_dict
+    from router_pipelines.data.tokenizer import token_byte_lengths
+    from router_pipelines.data.torch_dataset import TokenBlockDataset
+    from router_pipelines.evaluation import evaluate_settings
+    from router_pipelines.families.switchable import BitEvalConfig, build_bit_settings
+    from router_pipelines.promotion import check_same_tokenizer
+
+    check_same_tokenizer(bundle, tokenizer, "the switchable model to re-score")
+    eval_config = config_from_dict(
+        BitEvalConfig, evaluation_params, "switchable.experiment.evaluation"
+    )
+    eval_config = dataclasses.replace(
+        eval_config,
+        layer_wise={},
+        random_mixes=0,
+        speed=dataclasses.replace(eval_config.speed, enabled=False),
+    )
+    settings = build_bit_settings(eval_config, bundle.model)
+    table = evaluate_settings(
+        bundle.model,
+        settings,
+        TokenBlockDataset(validation_tokens),
+        eval_config,
+        token_bytes=token_byte_lengths(tokenizer),
+    )
+    return headline_metrics(table)
+
+
 def _log_metrics(table: Any) -> None:
     """The whole table as one MLflow table (``switchable/evaluation_table.json``, shown as a
     table in the run's artifacts and comparable across runs) and only the headline numbers as
@@ -100,4 +137,5 @@ def pareto_analysis(evaluation: Any) -> tuple[Any, Any, dict[str, Any]]:
             "tokens_per_s": "batch-1 decode tokens/s; speed_kind says packed kernel or simulated",
         },
     }
-    return pareto, plot_fronts(table, FRONTS), results
+    title = "switchable: every bit configuration, Pareto fronts of quality against size and speed"
+    return pareto, plot_fronts(table, FRONTS, title=title), results

@@ -9,6 +9,7 @@ from kedro.pipeline import Node, Pipeline
 from router_pipelines.pipelines.switchable.evaluation_nodes import (
     evaluate_bit_configurations,
     pareto_analysis,
+    rescore_switchable,
 )
 from router_pipelines.pipelines.switchable.nodes import register_switchable, train_switchable
 from router_pipelines.promotion import DATA_REPORT, promotion_node
@@ -61,7 +62,12 @@ def create_pipeline(source: str | None = None, **kwargs) -> Pipeline:
             "registration",
             name="register_switchable",
         ),
-        promotion_node("switchable"),
+        # a champion measured on other held-out data is scored again on this run's
+        promotion_node(
+            "switchable",
+            evaluate=rescore_switchable,
+            inputs=["validation_tokens", "tokenizer", "params:experiment.evaluation"],
+        ),
     ]
     return Pipeline(
         nodes,
@@ -70,6 +76,7 @@ def create_pipeline(source: str | None = None, **kwargs) -> Pipeline:
             "base_model": "pretrain.model",
             "train_tokens": "train_tokens",
             "validation_tokens": "validation_tokens",
+            "tokenizer": "tokenizer",
             "model_registry": "model_registry",
             DATA_REPORT: DATA_REPORT,
         },
