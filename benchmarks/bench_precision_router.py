@@ -46,6 +46,7 @@ from router_pipelines.pipelines.precision_router.nodes import (  # noqa: E402
     train_router,
 )
 from router_pipelines.pipelines.pretrain.nodes import train_base_model  # noqa: E402
+from router_pipelines.training.config import NOTHING_SAVED  # noqa: E402
 
 NAME = "precision_router"
 CONF = common.PROJECT_ROOT / "conf" / "base"
@@ -64,12 +65,7 @@ def train_base(tokens: tuple, args: argparse.Namespace, output_dir: str) -> Any:
         max_steps=args.base_steps,
         batch_size=args.base_batch_size,
         warmup_steps=min(params["training"]["warmup_steps"], max(args.base_steps // 10, 1)),
-        eval_steps=None,
-        save_steps=None,
-        save_at_end=False,
-        save_best_model=False,
-        load_best_model_at_end=False,
-        progress_bar=False,
+        **NOTHING_SAVED,
     )
     bundle, *_ = train_base_model(
         train_tokens,

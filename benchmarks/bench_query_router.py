@@ -46,6 +46,7 @@ from router_pipelines.pipelines.query_router.nodes import (
     measure_outcomes,
     train_router,
 )
+from router_pipelines.training.config import NOTHING_SAVED
 
 NAME = "query_router"
 CONF = common.PROJECT_ROOT / "conf" / "base"
@@ -84,12 +85,7 @@ def base_model(
         output_dir=output_dir,
         max_steps=steps,
         warmup_steps=max(1, steps // 10),
-        eval_steps=None,
-        save_steps=None,
-        save_at_end=False,
-        save_best_model=False,
-        load_best_model_at_end=False,
-        progress_bar=False,
+        **NOTHING_SAVED,
     )
     bundle, summary, _, _ = train_base_model(
         train_tokens,

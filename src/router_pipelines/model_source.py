@@ -39,6 +39,9 @@ from router_pipelines.storage import digest_json
 logger = logging.getLogger(__name__)
 
 SOURCES = ("auto", "catalog", "registry", "pretrained", "train")
+# A model only this project trains (a switchable model, a router, a routed LM) has no
+# pretrained hub checkpoint to start from: the sources it accepts (check_trained_source).
+TRAINED_SOURCES = tuple(source for source in SOURCES if source != "pretrained")
 IDENTITY_KEY = "identity"  # where a bundle's metadata keeps its identity
 FINGERPRINT_TAG = "fingerprint"  # the registry version tag holding the identity's fingerprint
 
@@ -58,6 +61,19 @@ class ModelSourceConfig:
         ):
             raise ValueError(f"registry_name: expected a name or null, got {self.registry_name!r}")
         self.registry_version = check_registry_version("registry_version", self.registry_version)
+
+
+def check_trained_source(config: ModelSourceConfig, what: str) -> None:
+    """``config.source`` is one of :data:`TRAINED_SOURCES`; ``what`` names the models.
+
+    Raises:
+        ValueError: ``source.source: 'pretrained' is not a source of <what>; ...``.
+    """
+    if config.source not in TRAINED_SOURCES:
+        raise ValueError(
+            f"source.source: {config.source!r} is not a source of {what}; choose one of "
+            f"{list(TRAINED_SOURCES)}"
+        )
 
 
 @dataclass(frozen=True)

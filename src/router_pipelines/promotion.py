@@ -135,6 +135,33 @@ def promotion_node(
     )
 
 
+def rule_problem(run: Any, namespace: str, reported: Sequence[str], reporter: str) -> str | None:
+    """Checked before any node runs (each family's ``checks``): when the run promotes
+    ``namespace``, ``promotion.rules.<namespace>`` exists and its metric and cost metric are
+    among ``reported``, the headline metrics the family's registration reports (``reporter``
+    names it in the message). ``run``: the :class:`~router_pipelines.validation.RunParameters`.
+    """
+    promotion = run.parsed.get("promotion")
+    promotes = f"{namespace}.promote_champion" in run.consumers(f"{namespace}.registration")
+    if promotion is None or not promotion.enabled or not promotes:
+        return None
+    allowed = list(reported)
+    rule = promotion.rules.get(namespace)
+    if rule is None:
+        return (
+            f"promotion.rules.{namespace}: no rule for the {namespace} family; add one to "
+            f"conf/base/parameters_promotion.yml (metrics allowed: {allowed})"
+        )
+    for field_name in ("metric", "cost_metric"):
+        key = getattr(rule, field_name)
+        if key is not None and key not in allowed:
+            return (
+                f"promotion.rules.{namespace}.{field_name}: {key!r} is not a metric {reporter} "
+                f"reports; allowed: {allowed}"
+            )
+    return None
+
+
 def promote_registration(
     registration: Mapping[str, Any],
     data_report: Mapping[str, Any] | None,

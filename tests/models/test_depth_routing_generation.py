@@ -10,7 +10,7 @@ from depth_routing_helpers import VOCAB, center_predictors, routed, tiny_qwen2
 from torch.testing import assert_close
 
 from router_pipelines.models.bundle import ModelBundle
-from router_pipelines.serving.depth_routing import _left_padded, batched_continuations
+from router_pipelines.serving.generation import greedy_continuations, left_padded
 
 torch.set_num_threads(1)
 PROMPTS = [[5, 9, 3, 17, 22, 8, 41, 2, 30], [12, 7], [33, 1, 60, 4, 4, 19]]
@@ -39,7 +39,7 @@ def test_padding_does_not_change_a_sequences_logits(dense, model_type):
     from transformers import DynamicCache
 
     model = _model(dense, model_type)
-    input_ids, attention_mask = _left_padded(PROMPTS, pad_id=_selected_pad_id(model))
+    input_ids, attention_mask = left_padded(PROMPTS, pad_id=_selected_pad_id(model))
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
@@ -78,7 +78,7 @@ def _selected_pad_id(model) -> int:
     """A padding id some routed block computes (so a padded key in its cache would be seen)."""
     with torch.no_grad():
         for pad_id in range(VOCAB):
-            input_ids, attention_mask = _left_padded(PROMPTS, pad_id=pad_id)
+            input_ids, attention_mask = left_padded(PROMPTS, pad_id=pad_id)
             model(input_ids=input_ids, attention_mask=attention_mask)
             pads = ~attention_mask.bool()
             if any(bool(m.last.selected[pads].any()) for m in model.routed_modules()):
@@ -89,7 +89,7 @@ def _selected_pad_id(model) -> int:
 @pytest.mark.parametrize("model_type", ["mod", "dtf"])
 def test_a_batch_generates_what_each_prompt_generates_alone(dense, model_type):
     model = _model(dense, model_type)
-    input_ids, attention_mask = _left_padded(PROMPTS, pad_id=0)
+    input_ids, attention_mask = left_padded(PROMPTS, pad_id=0)
     with torch.no_grad():
         together = model.generate(
             input_ids=input_ids,
@@ -120,9 +120,9 @@ def test_the_pyfunc_batches_and_keeps_the_order(dense):
     tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     bundle = ModelBundle(model=_model(dense, "mod"), tokenizer=tokenizer, metadata={})
     prompts = [" ".join(f"t{i}" for i in prompt) for prompt in PROMPTS] + ["t3 t4"]
-    one_by_one = batched_continuations(bundle, prompts, max_new_tokens=6, batch_size=1)
-    batched = batched_continuations(bundle, prompts, max_new_tokens=6, batch_size=3)
+    one_by_one = greedy_continuations(bundle, prompts, max_new_tokens=6, batch_size=1)
+    batched = greedy_continuations(bundle, prompts, max_new_tokens=6, batch_size=3)
     assert batched == one_by_one
     assert all(len(text.split()) == 6 for text in batched)
     with pytest.raises(ValueError, match="batch_size"):
-        batched_continuations(bundle, prompts, max_new_tokens=6, batch_size=0)
+        greedy_continuations(bundle, prompts, max_new_tokens=6, batch_size=0)

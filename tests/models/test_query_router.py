@@ -13,7 +13,6 @@ from router_pipelines.models.query_router import (
     LABEL_TOKENS,
     add_label_tokens,
     answer_label_logits,
-    answer_logits,
     expected_score,
     label_token_ids,
     p_strong,
@@ -87,7 +86,7 @@ def test_score_distribution_and_p_strong_match_a_hand_computation():
     logits[0, 0] = 100.0  # a non-label token never enters the softmax
     exps = [2.718281828**k for k in range(5)]
     total = sum(exps)
-    dist = score_distribution(logits, label_ids)
+    dist = score_distribution(logits[:, label_ids])
     torch.testing.assert_close(dist[0], torch.tensor([e / total for e in exps]))
     torch.testing.assert_close(p_strong(dist)[0], torch.tensor(1 - (exps[3] + exps[4]) / total))
     expected = sum((k + 1) * e for k, e in enumerate(exps)) / total
@@ -139,6 +138,13 @@ def test_examples_refuse_a_label_outside_1_to_5_and_too_long_prompts():
         RouterExamples(["abcdef"], [3], tokenizer, max_length=4)
 
 
+def _full_answer_logits(model, input_ids, attention_mask):
+    """The reference: full-vocabulary logits (B, V) after each row's last real token."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+    last = attention_mask.sum(dim=1) - 1
+    return logits[torch.arange(logits.shape[0]), last]
+
+
 @pytest.mark.parametrize("build", [tiny_gpt2, tiny_llama])
 def test_label_logits_at_the_answer_position_equal_the_full_logits(build):
     """The fast path (hidden state at the answer position, LM head on the five label rows only)
@@ -152,7 +158,7 @@ def test_label_logits_at_the_answer_position_equal_the_full_logits(build):
     prompt_mask = examples.attention_mask.clone()
     prompt_mask[torch.arange(3), examples.attention_mask.sum(1) - 1] = 0  # drop the label token
     fast = answer_label_logits(model, examples.input_ids, prompt_mask, ids)
-    full = answer_logits(model, examples.input_ids, prompt_mask)[:, ids]
+    full = _full_answer_logits(model, examples.input_ids, prompt_mask)[:, ids]
     torch.testing.assert_close(fast, full.float(), rtol=1e-5, atol=1e-5)
     # The training loss reads the same logits through the label mask.
     batch = {

@@ -50,11 +50,12 @@ class DebugRun:
         return mlflow.MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
 
-def start_debug_run(root: Path) -> DebugRun:
-    """``kedro run --env=debug`` in a fresh project copy at ``root``, under the guard."""
+def start_debug_run(root: Path, *options: str) -> DebugRun:
+    """``kedro run --env=debug [options]`` in a fresh project copy at ``root``, under the
+    guard."""
     copy_project(root)
     log = root / "network.jsonl"
-    result = guarded(["-m", "kedro", "run", "--env=debug"], root, log, timeout=600)
+    result = guarded(["-m", "kedro", "run", "--env=debug", *options], root, log, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
     return DebugRun(root, f"sqlite:///{root / 'mlflow.db'}", output, attempts(log))

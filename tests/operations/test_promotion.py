@@ -8,7 +8,7 @@ import json
 import mlflow
 import pytest
 
-from operations.support import guarded
+from operations.support import guarded, start_debug_run
 from router_pipelines.config import ConfigError
 from router_pipelines.promotion import (
     CHALLENGER,
@@ -246,15 +246,23 @@ def test_bad_promotion_parameters_are_named(group, message):
         parse_promotion_params(group)
 
 
+@pytest.fixture(scope="module")
+def pretrain_run(tmp_path_factory):
+    """A debug ``pretrain`` run of its own: the retrain below registers v2, which the shared
+    ``debug_run``'s readers (browser, MLflow checks) must never see, whatever order pytest-xdist
+    runs the modules in."""
+    return start_debug_run(tmp_path_factory.mktemp("retrain") / "project", "--pipelines=pretrain")
+
+
 @pytest.mark.slow
-def test_a_worse_retrain_on_new_held_out_data_leaves_the_champion_in_place(debug_run):
+def test_a_worse_retrain_on_new_held_out_data_leaves_the_champion_in_place(pretrain_run):
     """The debug run made base_lm_debug v1 champion. A retrain with 2 steps instead of 30 on
     32-token rows instead of 64 (other held-out data: the token cache's fingerprint changes) is
     registered as v2; v1 is loaded from the registry and re-scored on the new rows by the same
     evaluation, and v2, worse than that, stays challenger with MLflow's reason."""
-    client = debug_run.client()
+    client = pretrain_run.client()
     first = json.loads(
-        (debug_run.root / "data/08_reporting/debug/pretrain/promotion.json").read_text()
+        (pretrain_run.root / "data/08_reporting/debug/pretrain/promotion.json").read_text()
     )
     assert first["promoted"] is True and first["alias"] == CHAMPION
     result = guarded(
@@ -267,12 +275,12 @@ def test_a_worse_retrain_on_new_held_out_data_leaves_the_champion_in_place(debug
             "--params=pretrain.training.max_steps=2,pretrain.training.eval_steps=2,"
             "pretrain.training.warmup_steps=1,data.seq_len=32",
         ],
-        debug_run.root,
-        debug_run.root / "network-retrain.jsonl",
+        pretrain_run.root,
+        pretrain_run.root / "network-retrain.jsonl",
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     promotion = json.loads(
-        (debug_run.root / "data/08_reporting/debug/pretrain/promotion.json").read_text()
+        (pretrain_run.root / "data/08_reporting/debug/pretrain/promotion.json").read_text()
     )
     assert promotion["promoted"] is False and promotion["version"] == "2", promotion
     assert "validation_perplexity" in promotion["reason"]

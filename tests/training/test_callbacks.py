@@ -64,6 +64,30 @@ def test_a_callback_stops_training_and_the_last_step_is_logged_and_saved(
     assert recorder.calls[-1] == ("train_end", 3)
 
 
+class ExtraFile(TrainerCallback):
+    """Writes ``extra.txt`` into each checkpoint as it is written."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, bool]] = []
+
+    def on_save(self, state, checkpoint, accelerator, model):
+        # still being written: trainer_state.json (which makes it a checkpoint) comes last
+        self.seen.append((state.global_step, (checkpoint / ckpt.TRAINER_STATE_NAME).exists()))
+        if accelerator.is_main_process:
+            (checkpoint / "extra.txt").write_text(f"step {state.global_step}")
+
+
+def test_on_save_files_are_part_of_each_checkpoint(make_config, model, train_data):
+    extra = ExtraFile()
+    config = make_config(max_steps=4, save_steps=2, save_at_end=True)
+    result = Trainer(model, causal_lm_loss, train_data, config=config, callbacks=[extra]).train()
+    assert extra.seen == [(2, False), (4, False)]
+    saved = ckpt.list_checkpoints(result.run_dir)
+    assert [step for step, _ in saved] == [2, 4]
+    for step, path in saved:
+        assert (path / "extra.txt").read_text() == f"step {step}"
+
+
 def test_callbacks_must_be_trainer_callbacks(make_config, model, train_data):
     with pytest.raises(ValueError, match=r"^callbacks: callbacks\[0\] must be a TrainerCallback"):
         Trainer(model, causal_lm_loss, train_data, config=make_config(), callbacks=[print])

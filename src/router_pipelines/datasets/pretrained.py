@@ -44,10 +44,11 @@ def _has(name: str):
 
 
 def _json_file(path: Path) -> dict[str, Any]:
-    import json
+    """The JSON object at ``path`` for a preview, or ``{}`` (a preview never fails a page)."""
+    from router_pipelines.models.hf_files import read_json_file
 
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path)
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -128,9 +128,11 @@ def plot_pareto(
 def _place_labels(axes: Axes, xs: np.ndarray, ys: np.ndarray, labels: pd.Series) -> None:
     """Annotate each point with the first of :data:`LABEL_OFFSETS` whose text box stays inside
     the axes and overlaps no label placed before it nor the legend, and, where there is room, no
-    line and no plotted point. Hand-written: matplotlib has no label
-    placement of its own, and adjustText (the usual library) is not a dependency for this one
-    plot; a greedy pass over a few rings of positions is enough for a front of a few dozen points."""
+    line and no plotted point. Hand-written: matplotlib has no label placement of its own, and
+    adjustText (the usual library) moves labels iteratively to *reduce* overlaps, with no
+    guarantee and results that depend on its iteration budget; a greedy pass over a few rings
+    of candidate positions is deterministic and never overlaps two labels while there is room
+    (tested), which is enough for a front of a few dozen points."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.text import Text
 

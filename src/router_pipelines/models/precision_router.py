@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -324,6 +324,21 @@ class LayerwiseQuantizeForCausalLM(nn.Module):
             stats = self._layer_stats(attention_mask)
             choices = torch.stack([r["bits"] for r in self._records], dim=-1)
         return {"logits": output.logits, "choices": choices, **stats}
+
+    @contextlib.contextmanager
+    def routers_swapped(self, state: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
+        """The routers' weights replaced by ``state`` (a ``routers.state_dict()``, e.g. a
+        router trained for one budget) inside the block and restored after it; ``None``:
+        unchanged."""
+        if state is None:
+            yield
+            return
+        saved = {k: v.detach().clone() for k, v in self.routers.state_dict().items()}
+        self.routers.load_state_dict(state)
+        try:
+            yield
+        finally:
+            self.routers.load_state_dict(saved)
 
     @contextlib.contextmanager
     def routing(

@@ -113,21 +113,10 @@ def answer_label_logits(
     return label_logits(model, hidden_at(model, input_ids, attention_mask, last), label_ids)
 
 
-def answer_logits(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """Full-vocabulary logits (B, V) of the next token after each row's last real token (the
-    reference :func:`answer_label_logits` is tested against)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
-    last = attention_mask.sum(dim=1) - 1  # (B,)
-    return logits[torch.arange(logits.shape[0], device=logits.device), last]
-
-
-def score_distribution(logits: torch.Tensor, label_ids: list[int] | None = None) -> torch.Tensor:
-    """P(score = s) for s = 1..5: softmax over the label tokens' logits only. (B, V) -> (B, 5)
-    with ``label_ids``; (B, 5) label logits -> (B, 5) without."""
-    picked = logits if label_ids is None else logits[:, label_ids]
-    return torch.softmax(picked.float(), dim=-1)
+def score_distribution(label_logits: torch.Tensor) -> torch.Tensor:
+    """P(score = s) for s = 1..5: the softmax over the five label tokens' logits only,
+    (B, 5) -> (B, 5) (:func:`answer_label_logits` gives them)."""
+    return torch.softmax(label_logits.float(), dim=-1)
 
 
 def p_strong(distribution: torch.Tensor) -> torch.Tensor:

@@ -8,14 +8,16 @@ evaluation, log and checkpoint are done; under several processes the decision is
 business: check ``accelerator.is_main_process`` there.
 
 Order within one optimizer step: when an evaluation ran, ``on_log`` with its metrics, then
-``on_evaluate``; ``on_log`` with the train metrics when they are due; ``on_step_end`` with
-everything logged at this step (after the step's checkpoint). ``on_train_end`` runs once,
-after the final checkpoint.
+``on_evaluate``; ``on_log`` with the train metrics when they are due; ``on_save`` while the step's checkpoint
+is written; ``on_step_end`` with everything logged at this step (after the step's checkpoint).
+``on_train_end`` runs once, after the final checkpoint (whose ``on_save`` comes first).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -37,6 +39,15 @@ class TrainerCallback:
     def on_evaluate(self, state: TrainerState, metrics: dict[str, float]) -> bool | None:
         """After an evaluation, once the best metric and early stopping are updated."""
         return None
+
+    def on_save(
+        self, state: TrainerState, checkpoint: Path, accelerator: Accelerator, model: Any
+    ) -> None:
+        """While checkpoint ``state.global_step`` is written: add files to ``checkpoint``, its
+        folder (still temporary: complete but for ``trainer_state.json``, written after every
+        callback's files, so the files are in the checkpoint or there is no checkpoint).
+        ``model`` is the prepared model. Called on every process (gathering a state dict is a
+        collective call under FSDP): write on ``accelerator.is_main_process`` only."""
 
     def on_train_end(self, state: TrainerState) -> None:
         """At the end of ``train()`` (not after an exception)."""
@@ -66,6 +77,12 @@ class CallbackList:
 
     def evaluate(self, state: TrainerState, metrics: dict[str, float]) -> None:
         self._collect([cb.on_evaluate(state, metrics) for cb in self.callbacks])
+
+    def save(
+        self, state: TrainerState, checkpoint: Path, accelerator: Accelerator, model: Any
+    ) -> None:
+        for callback in self.callbacks:
+            callback.on_save(state, checkpoint, accelerator, model)
 
     def train_end(self, state: TrainerState) -> None:
         for callback in self.callbacks:

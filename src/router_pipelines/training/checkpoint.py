@@ -31,7 +31,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +106,17 @@ def save_checkpoint(
     config: TrainingConfig,
     state: TrainerState,
     run_settings: Mapping[str, Any],
+    add_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``<run_dir>/checkpoint-<global_step>`` atomically; a collective call.
 
     Accelerate's ``save_state`` writes the model, optimizer, scheduler and the RNG states of
     every process into the temporary folder (FSDP/DeepSpeed write their own sharded files
-    there); the main process adds ``config.json``, ``run_config.json`` and, last,
-    ``trainer_state.json`` (with ``saved_at``, UTC seconds), fsyncs and renames it into place.
+    there); then ``add_files(folder)`` runs on every process (the callbacks' ``on_save``: a
+    family's own files, such as a consolidated weights file); the main process adds
+    ``config.json``, ``run_config.json`` and, last, ``trainer_state.json`` (with ``saved_at``,
+    UTC seconds), fsyncs and renames it into place, so the added files are part of the
+    checkpoint or there is no checkpoint.
     """
     final = checkpoint_dir(run_dir, state.global_step)
     tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
@@ -123,6 +127,9 @@ def save_checkpoint(
     with _quiet_about_tied_tensors():
         accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
+    if add_files is not None:
+        add_files(tmp)
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json(tmp / CONFIG_NAME, dataclasses.asdict(config))
         write_json(tmp / RUN_CONFIG_NAME, run_settings)

@@ -29,6 +29,17 @@ MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 PARAM_GROUP_KEYS = ("pattern", "lr", "lr_multiplier", "weight_decay")
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 EVAL_PREFIX = "eval_"
+# The settings of a run that evaluates, saves and shows nothing (an LR sweep, a short inner
+# training such as a budget router, a benchmark's training): ``dataclasses.replace(config,
+# **NOTHING_SAVED)``, or ``params["training"].update(NOTHING_SAVED)`` on a raw group.
+NOTHING_SAVED = {
+    "eval_steps": None,
+    "save_steps": None,
+    "save_at_end": False,
+    "save_best_model": False,
+    "load_best_model_at_end": False,
+    "progress_bar": False,
+}
 
 # TrainingConfig fields that do not change what a run computes: the trained weights, the
 # weights in best/, the model TrainResult returns and the step training stops at. Resume

@@ -357,7 +357,14 @@ class Trainer:
 
     def _save(self) -> None:
         acc = self.accelerator
-        path = ckpt.save_checkpoint(acc, self.run_dir, self.config, self.state, self._run_settings)
+        path = ckpt.save_checkpoint(
+            acc,
+            self.run_dir,
+            self.config,
+            self.state,
+            self._run_settings,
+            add_files=self._add_checkpoint_files if self.callbacks else None,
+        )
         if acc.is_main_process:
             ckpt.rotate_checkpoints(
                 self.run_dir, self.config.save_total_limit, self.state.best_step
@@ -365,6 +372,9 @@ class Trainer:
             logger.info("saved %s", path)
         acc.wait_for_everyone()
         self._last_saved_step = self.state.global_step
+
+    def _add_checkpoint_files(self, folder: Path) -> None:
+        self.callbacks.save(self.state, folder, self.accelerator, self.model)
 
     def _load_checkpoint(self, path: Path) -> None:
         """Restore model, optimizer, scheduler, RNG states and the trainer counters."""

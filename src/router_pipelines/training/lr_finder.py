@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from router_pipelines.training.callbacks import TrainerCallback
-from router_pipelines.training.config import TrainingConfig
+from router_pipelines.training.config import NOTHING_SAVED, TrainingConfig
 from router_pipelines.training.engine import NonFiniteLossError, Trainer
 from router_pipelines.training.losses import LossFn
 from router_pipelines.training.runtime import module_modes, restore_module_modes
@@ -155,15 +155,10 @@ def _sweep_config(config: TrainingConfig, num_steps: int) -> TrainingConfig:
         scheduler="constant",
         warmup_steps=0,
         warmup_ratio=0.0,
-        eval_steps=None,
-        save_steps=None,
-        save_at_end=False,
-        save_best_model=False,
-        load_best_model_at_end=False,
         early_stopping=False,
         logging_steps=1,
         resume_from_checkpoint=None,
-        progress_bar=False,
+        **NOTHING_SAVED,
     )
 
 

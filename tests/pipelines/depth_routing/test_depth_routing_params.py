@@ -107,7 +107,7 @@ def test_the_promotion_rule_reads_headline_metrics():
             "mod",
             {"promotion.rules.depth_routing.metric": "validation_perplexity"},
             "promotion.rules.depth_routing.metric: 'validation_perplexity' is not a metric the "
-            "depth-routing registration reports; choose one of ['validation_loss'",
+            "depth-routing registration reports; allowed: ['validation_loss'",
         ),
         (
             "dtf",

@@ -25,8 +25,11 @@ def _validate(pipelines, name: str, group: dict, **others) -> None:
 
 
 def test_the_shipped_parameters_parse(pipelines):
-    _validate(pipelines, "precision_router", {})
-    _validate(pipelines, "precision_router_ptq", {"quantized": {"source": "ptq"}})
+    promotion = _promotion()  # the shipped rules: both pipelines end in the promotion node
+    _validate(pipelines, "precision_router", {}, promotion=promotion)
+    _validate(
+        pipelines, "precision_router_ptq", {"quantized": {"source": "ptq"}}, promotion=promotion
+    )
 
 
 def test_a_model_path_that_is_not_multi_precision(pipelines, tmp_path):
@@ -130,7 +133,7 @@ def test_the_promotion_rule_names_headline_metrics_of_the_run(pipelines):
     with pytest.raises(
         ParameterValidationError,
         match=r"promotion.rules.precision_router.metric: 'router_b3_perplexity' is not a "
-        r"headline metric .*budgets \[4.0, 5.0\]\); use one of \['router_b4_perplexity'",
+        r"metric .*budgets \[4.0, 5.0\] reports; allowed: \['router_b4_perplexity'",
     ):
         _validate(
             pipelines, "precision_router", {"evaluation": {"budgets": [4, 5]}}, promotion=promotion

@@ -146,17 +146,13 @@ class RouterAtBudget:
 
     @contextlib.contextmanager
     def applied(self, model: nn.Module) -> Iterator[None]:
-        saved = None
-        if self.router_state is not None:  # a router trained for this budget: swap it in
-            saved = {k: v.detach().clone() for k, v in model.routers.state_dict().items()}
-            model.routers.load_state_dict(self.router_state)
-        try:
-            with model.routing("infer", price=self.price), model.tallying() as tally:
-                self._tally = tally
-                yield
-        finally:
-            if saved is not None:
-                model.routers.load_state_dict(saved)
+        with (
+            model.routers_swapped(self.router_state),  # a router trained for this budget
+            model.routing("infer", price=self.price),
+            model.tallying() as tally,
+        ):
+            self._tally = tally
+            yield
 
     def columns(self, model: nn.Module) -> dict[str, Any]:
         tally = self._tally

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from router_pipelines.pipelines.depth_routing.config import HEADLINE_METRICS
+from router_pipelines.promotion import rule_problem
 from router_pipelines.validation import (
     RunParameters,
     log_precision,
@@ -73,27 +74,11 @@ def check_depth_routing(run: RunParameters) -> list[str]:
                 run, "depth_routing.source", params.source, params.register.names[kind]
             )
         )
-    problems.extend(promotion_problems(run))
+    problems.append(
+        rule_problem(run, "depth_routing", HEADLINE_METRICS, "the depth-routing registration")
+    )
     log_precision("depth_routing.training", params.training)
     return [p for p in problems if p]
-
-
-def promotion_problems(run: RunParameters) -> list[str]:
-    """The promotion rule of this family must compare numbers the registration reports."""
-    promotion = run.parsed.get("promotion")
-    if promotion is None or not promotion.enabled:
-        return []
-    rule = promotion.rules.get("depth_routing")
-    if rule is None:
-        return []  # the promote node names the missing rule itself
-    problems = []
-    for field, key in (("metric", rule.metric), ("cost_metric", rule.cost_metric)):
-        if key is not None and key not in HEADLINE_METRICS:
-            problems.append(
-                f"promotion.rules.depth_routing.{field}: {key!r} is not a metric the depth-routing "
-                f"registration reports; choose one of {list(HEADLINE_METRICS)}"
-            )
-    return problems
 
 
 def _base_shape(model: Any) -> tuple[int | None, int | None, str | None]:

@@ -19,7 +19,7 @@ from router_pipelines.config import (
     check_positive,
     config_from_dict,
 )
-from router_pipelines.model_source import ModelSourceConfig
+from router_pipelines.model_source import ModelSourceConfig, check_trained_source
 from router_pipelines.models.depth_routing_config import MODEL_TYPES, DepthRoutingConfig, DTFConfig
 from router_pipelines.models.presets import ModelConfig
 from router_pipelines.training.config import TrainingConfig
@@ -35,7 +35,6 @@ HEADLINE_METRICS = (
     "flops_per_token",  # analytic forward FLOPs per token, LM head included (top-k routing)
     "routed_share",  # share of tokens the routed blocks compute when generating (causal)
 )
-SOURCES = ("auto", "catalog", "registry", "train")
 
 
 @dataclass
@@ -150,11 +149,7 @@ class DepthRoutingParams:
     def __post_init__(self) -> None:
         check_choice("model_type", self.model_type, MODEL_TYPES)
         check_choice("mode", self.mode, MODES)
-        if self.source.source not in SOURCES:
-            raise ValueError(
-                f"source.source: {self.source.source!r} is not a source of routed models; "
-                f"choose one of {list(SOURCES)}"
-            )
+        check_trained_source(self.source, "routed models")
         if self.mode == "transfer" and not self.model.name_or_path:
             raise ValueError(
                 "mode: 'transfer' needs model.name_or_path (a Qwen2 / Llama causal LM by hub id "

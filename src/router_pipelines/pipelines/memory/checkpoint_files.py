@@ -1,9 +1,9 @@
-"""The seed's checkpoint layout on the shared engine, added by a callback (the engine stays as is).
+"""The seed's checkpoint layout on the shared engine, added by an engine callback (``on_save``).
 
 The engine's ``checkpoint-<step>/`` already holds ``trainer_state.json``, the weights
 (``model.safetensors``: with ``save_only_trainable``, the adapter and LoRA only),
 ``optimizer.bin``, ``scheduler.bin`` and the RNG states. Seed 002 adds two files, which
-:class:`SeedCheckpointFiles` writes into every checkpoint once the engine has published it:
+:class:`SeedCheckpointFiles` writes into every checkpoint while the engine writes it:
 
 * ``config.yaml``: the memory config, the LoRA settings and the training config (the seed's
   "full configuration");
@@ -26,7 +26,6 @@ from torch import nn
 from router_pipelines.models.memory import LoraSettings, MemoryAdapter, MemoryConfig, apply_lora
 from router_pipelines.storage import atomic_file
 from router_pipelines.training import TrainerCallback
-from router_pipelines.training.checkpoint import list_checkpoints
 
 CONFIG_YAML = "config.yaml"
 CONSOLIDATED = "consolidated.safetensors"
@@ -38,44 +37,22 @@ def seed_config(adapter: MemoryConfig, lora: LoraSettings, training: Any) -> dic
 
 
 class SeedCheckpointFiles(TrainerCallback):
-    """Adds ``config.yaml`` and ``consolidated.safetensors`` to each checkpoint of the run.
-
-    Set ``trainer`` after the Trainer exists (the callback needs its accelerator, model and
-    run folder). Called on every process: gathering the full state dict is a collective call
-    under FSDP; only the main process writes. A checkpoint that already has both files is left
-    as it is, so resuming does not rewrite the earlier ones.
-    """
+    """Adds ``config.yaml`` and ``consolidated.safetensors`` to each checkpoint of the run, in
+    the engine's ``on_save`` (inside the checkpoint's temporary folder, so a checkpoint holds
+    both or does not exist). Gathering the full state dict is a collective call under FSDP, so
+    it runs on every process; only the main process writes."""
 
     def __init__(self, config: Mapping[str, Any], consolidated: bool = True) -> None:
         self.config, self.consolidated = dict(config), consolidated
-        self.trainer: Any = None
 
-    def on_step_end(self, state: Any, logs: dict[str, float]) -> None:
-        self._complete()
-
-    def on_train_end(self, state: Any) -> None:
-        self._complete()  # the engine's save_at_end comes after the last step_end
-
-    def _complete(self) -> None:
-        if self.trainer is None:
-            return
-        wanted = [CONFIG_YAML] + ([CONSOLIDATED] if self.consolidated else [])
-        pending = [
-            path
-            for _, path in list_checkpoints(self.trainer.run_dir)
-            if not all((path / name).is_file() for name in wanted)
-        ]
-        if not pending:
-            return
-        accelerator = self.trainer.accelerator
-        state_dict = accelerator.get_state_dict(self.trainer.model) if self.consolidated else None
+    def on_save(self, state: Any, checkpoint: Path, accelerator: Any, model: Any) -> None:
+        state_dict = accelerator.get_state_dict(model) if self.consolidated else None
         if not accelerator.is_main_process:
             return
-        for path in pending:
-            with atomic_file(path / CONFIG_YAML) as staging:
-                staging.write_text(yaml.safe_dump(self.config, sort_keys=False), encoding="utf-8")
-            if state_dict is not None:
-                write_consolidated(state_dict, path / CONSOLIDATED)
+        with atomic_file(checkpoint / CONFIG_YAML) as staging:
+            staging.write_text(yaml.safe_dump(self.config, sort_keys=False), encoding="utf-8")
+        if state_dict is not None:
+            write_consolidated(state_dict, checkpoint / CONSOLIDATED)
 
 
 def write_consolidated(state_dict: Mapping[str, torch.Tensor], target: Path) -> None:

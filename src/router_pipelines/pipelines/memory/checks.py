@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from router_pipelines.pipelines.pretrain.checks import model_positions
+from router_pipelines.promotion import rule_problem
 from router_pipelines.validation import (
     RunParameters,
     log_precision,
@@ -42,31 +43,10 @@ def check_memory(run: RunParameters) -> list[str]:
     if base_known:
         problems.extend(_against_base(params, pretrain))
     problems.extend(_chat_records(params.chat_data))
-    problems.append(_promotion_rule(run))
-    return [problem for problem in problems if problem]
-
-
-def _promotion_rule(run: RunParameters) -> str | None:
-    """``promotion.rules.memory`` names metrics that ``register_memory`` reports."""
     from router_pipelines.pipelines.memory.nodes import REGISTERED_METRICS
 
-    promotion = run.parsed.get("promotion")
-    if promotion is None or not promotion.enabled or not run.consumers("memory.registration"):
-        return None
-    rule = promotion.rules.get("memory")
-    if rule is None:
-        return (
-            "promotion.rules.memory: no rule for the memory family; add one to "
-            f"conf/base/parameters_promotion.yml (metrics allowed: {list(REGISTERED_METRICS)})"
-        )
-    for field_name in ("metric", "cost_metric"):
-        key = getattr(rule, field_name)
-        if key is not None and key not in REGISTERED_METRICS:
-            return (
-                f"promotion.rules.memory.{field_name}: {key!r} is not a metric register_memory "
-                f"reports; allowed: {list(REGISTERED_METRICS)}"
-            )
-    return None
+    problems.append(rule_problem(run, "memory", REGISTERED_METRICS, "register_memory"))
+    return [problem for problem in problems if problem]
 
 
 def _against_base(params: Any, pretrain: Any) -> list[str]:

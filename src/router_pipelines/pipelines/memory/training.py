@@ -158,8 +158,6 @@ def train_memory_model(
         run_config=dict(run_config or {}),
     )
     timer.optimizer = trainer.optimizer
-    for callback in callbacks[1:]:
-        callback.trainer = trainer
     return trainer.train(), timer
 
 

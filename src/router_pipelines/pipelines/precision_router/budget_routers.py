@@ -41,6 +41,7 @@ def train_budget_router(
     """
     from router_pipelines.families.precision_router import make_router_loss
     from router_pipelines.training import Trainer
+    from router_pipelines.training.config import NOTHING_SAVED
 
     candidate = copy.deepcopy(router)
     candidate.init_static(static_widths, config.static_init_margin)
@@ -53,12 +54,7 @@ def train_budget_router(
             max_steps=steps,
             learning_rate=config.budget_router_learning_rate,
             warmup_steps=min(training.warmup_steps, max(steps // 10, 0)),
-            eval_steps=None,
-            save_steps=None,
-            save_at_end=False,
-            save_best_model=False,
-            load_best_model_at_end=False,
-            progress_bar=False,
+            **NOTHING_SAVED,
         )
         result = Trainer(candidate, make_router_loss(loss), train_rows, config=engine).train()
     trained = getattr(result.model, "module", result.model)

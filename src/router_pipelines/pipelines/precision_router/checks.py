@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from router_pipelines.promotion import rule_problem
 from router_pipelines.validation import RunParameters, path_problem, registry_problem
 
 
@@ -38,7 +39,10 @@ def check_precision_router(run: RunParameters) -> list[str]:
             f"precision_router.training.seq_len: {seq_len} is longer than the data's rows "
             f"(data.seq_len {data.seq_len}); use at most {data.seq_len} or null"
         )
-    problems.append(promotion_problem(run.parsed.get("promotion"), params.evaluation))
+    reporter = f"the evaluation at precision_router.evaluation.budgets {params.evaluation.budgets}"
+    problems.append(
+        rule_problem(run, "precision_router", headline_keys(params.evaluation), reporter)
+    )
     return [p for p in problems if p]
 
 
@@ -52,23 +56,6 @@ def headline_keys(evaluation: Any) -> list[str]:
             keys += [f"{kind}_b{budget:g}_perplexity", f"{kind}_b{budget:g}_mean_bits"]
     # max_gap_recovery is left out: it is absent when no static gap exists to recover
     return [*keys, "router_flops_share"]
-
-
-def promotion_problem(promotion: Any, evaluation: Any) -> str | None:
-    """The ``promotion.rules.precision_router`` keys must be headline metrics of this run."""
-    rule = None if promotion is None else promotion.rules.get("precision_router")
-    if rule is None or not promotion.enabled:
-        return None
-    allowed = headline_keys(evaluation)
-    for field_name in ("metric", "cost_metric"):
-        key = getattr(rule, field_name)
-        if key is not None and key not in allowed:
-            return (
-                f"promotion.rules.precision_router.{field_name}: {key!r} is not a headline "
-                f"metric of this run (precision_router.evaluation.budgets "
-                f"{evaluation.budgets}); use one of {allowed}"
-            )
-    return None
 
 
 def model_widths(quantized: Any, switchable: Any) -> tuple[list[int] | None, str | None]:

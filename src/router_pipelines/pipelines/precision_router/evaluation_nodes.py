@@ -156,14 +156,10 @@ def _budget_router(
     from router_pipelines.pipelines.precision_router.budget_routers import train_budget_router
 
     state = train_budget_router(router, static_widths, budget, train_rows, training, config)
-    saved = {k: v.detach().clone() for k, v in router.routers.state_dict().items()}
-    try:
-        router.routers.load_state_dict(state)
+    with router.routers_swapped(state):
         price, calibrated = calibrate_price(
             router, calibration, budget, config.calibration_iterations
         )
-    finally:
-        router.routers.load_state_dict(saved)
     logger.info(
         "budget router at %.2g bits: price %.4g realises %.3f bits on calibration",
         budget,

@@ -9,6 +9,7 @@ the training node refuses it before the first step.
 
 from __future__ import annotations
 
+from router_pipelines.promotion import rule_problem
 from router_pipelines.validation import (
     RunParameters,
     log_precision,
@@ -47,31 +48,10 @@ def check_query_router(run: RunParameters) -> list[str]:
     if "query_router.source" in run.used_params:
         problems.append(registry_problem(run, "query_router.source", params.source, "query_router"))
     problems.append(_seed_jsonl_problem(params.data))
-    problems.append(_promotion_rule(run))
-    return [problem for problem in problems if problem]
-
-
-def _promotion_rule(run: RunParameters) -> str | None:
-    """``promotion.rules.query_router`` names metrics that ``register_router`` reports."""
     from router_pipelines.pipelines.query_router.config import HEADLINE_METRICS
 
-    promotion = run.parsed.get("promotion")
-    if promotion is None or not promotion.enabled or not run.consumers("query_router.registration"):
-        return None
-    rule = promotion.rules.get("query_router")
-    if rule is None:
-        return (
-            "promotion.rules.query_router: no rule for the query-router family; add one to "
-            f"conf/base/parameters_promotion.yml (metrics allowed: {list(HEADLINE_METRICS)})"
-        )
-    for field_name in ("metric", "cost_metric"):
-        key = getattr(rule, field_name)
-        if key is not None and key not in HEADLINE_METRICS:
-            return (
-                f"promotion.rules.query_router.{field_name}: {key!r} is not a metric "
-                f"register_router reports; allowed: {list(HEADLINE_METRICS)}"
-            )
-    return None
+    problems.append(rule_problem(run, "query_router", HEADLINE_METRICS, "register_router"))
+    return [problem for problem in problems if problem]
 
 
 def _seed_jsonl_problem(data) -> str | None:

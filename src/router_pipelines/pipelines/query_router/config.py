@@ -22,7 +22,7 @@ from router_pipelines.config import (
 )
 from router_pipelines.families.query_router import PromptConfig, QueryConfig
 from router_pipelines.families.query_router.prompts import MODEL_FIELD
-from router_pipelines.model_source import ModelSourceConfig
+from router_pipelines.model_source import ModelSourceConfig, check_trained_source
 from router_pipelines.training.config import TrainingConfig
 
 SYMBOLIC_RUNGS = ("lowest", "highest")
@@ -169,6 +169,9 @@ class QueryRouterParams:
     training: RouterTrainingConfig = field(default_factory=RouterTrainingConfig)
     evaluation: RouterEvalConfig = field(default_factory=RouterEvalConfig)
     register: RouterRegisterConfig = field(default_factory=RouterRegisterConfig)
+
+    def __post_init__(self) -> None:
+        check_trained_source(self.source, "routers")
 
 
 GROUPS = (

@@ -209,11 +209,6 @@ def train_router(
         summary = reused_summary(decision)
         logger.info("Query router reused from %s", decision.where)
         return decision.bundle, summary, history_figure(decision.metadata, "query router")
-    if decision.origin == "pretrained":
-        raise ValueError(
-            "query_router.source.source: 'pretrained' is not a source of routers; use auto, "
-            "catalog, registry or train"
-        )
     trainer = Trainer(
         model,
         make_router_loss(label_ids),

@@ -19,23 +19,9 @@ def evaluate_bit_configurations(
     """Perplexity, bits per byte, accuracy, effective bits, compression and speed of every
     bit configuration in ``switchable.experiment.evaluation`` (uniform widths and FP, named
     layer-wise mixes, K seeded random mixes), all validated before the first one runs."""
-    from router_pipelines.config import config_from_dict
-    from router_pipelines.data.tokenizer import token_byte_lengths
-    from router_pipelines.data.torch_dataset import TokenBlockDataset
-    from router_pipelines.evaluation import evaluate_settings
-    from router_pipelines.families.switchable import BitEvalConfig, build_bit_settings
-
-    eval_config = config_from_dict(
-        BitEvalConfig, evaluation_params, "switchable.experiment.evaluation"
-    )
-    model = switchable_model.model
-    settings = build_bit_settings(eval_config, model)
-    table = evaluate_settings(
-        model,
-        settings,
-        TokenBlockDataset(validation_tokens),
-        eval_config,
-        token_bytes=token_byte_lengths(switchable_model.tokenizer),
+    eval_config = _eval_config(evaluation_params)
+    table = _evaluate(
+        switchable_model.model, validation_tokens, switchable_model.tokenizer, eval_config
     )
     table["compression_ratio"] = table["compression_ratio_fp16"]
     _log_metrics(table)
@@ -51,32 +37,40 @@ def rescore_switchable(
     logged. A width the champion was not trained at raises ``ValueError``."""
     import dataclasses
 
-    from router_pipelines.config import config_from_dict
-    from router_pipelines.data.tokenizer import token_byte_lengths
-    from router_pipelines.data.torch_dataset import TokenBlockDataset
-    from router_pipelines.evaluation import evaluate_settings
-    from router_pipelines.families.switchable import BitEvalConfig, build_bit_settings
     from router_pipelines.promotion import check_same_tokenizer
 
     check_same_tokenizer(bundle, tokenizer, "the switchable model to re-score")
-    eval_config = config_from_dict(
-        BitEvalConfig, evaluation_params, "switchable.experiment.evaluation"
-    )
+    eval_config = _eval_config(evaluation_params)
     eval_config = dataclasses.replace(
         eval_config,
         layer_wise={},
         random_mixes=0,
         speed=dataclasses.replace(eval_config.speed, enabled=False),
     )
-    settings = build_bit_settings(eval_config, bundle.model)
-    table = evaluate_settings(
-        bundle.model,
-        settings,
+    return headline_metrics(_evaluate(bundle.model, validation_tokens, tokenizer, eval_config))
+
+
+def _eval_config(evaluation_params: dict) -> Any:
+    from router_pipelines.config import config_from_dict
+    from router_pipelines.families.switchable import BitEvalConfig
+
+    return config_from_dict(BitEvalConfig, evaluation_params, "switchable.experiment.evaluation")
+
+
+def _evaluate(model: Any, validation_tokens: Any, tokenizer: Any, eval_config: Any) -> Any:
+    """The sweep table of ``eval_config``'s settings on ``validation_tokens``."""
+    from router_pipelines.data.tokenizer import token_byte_lengths
+    from router_pipelines.data.torch_dataset import TokenBlockDataset
+    from router_pipelines.evaluation import evaluate_settings
+    from router_pipelines.families.switchable import build_bit_settings
+
+    return evaluate_settings(
+        model,
+        build_bit_settings(eval_config, model),
         TokenBlockDataset(validation_tokens),
         eval_config,
         token_bytes=token_byte_lengths(tokenizer),
     )
-    return headline_metrics(table)
 
 
 def _log_metrics(table: Any) -> None:
