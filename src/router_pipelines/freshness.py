@@ -6,9 +6,11 @@
 
 A retrain is pointless when the raw data, the code and the configuration are the ones the
 current champion was trained with. Every run carries them as tags (:class:`~router_pipelines.
-hooks.RunTags`): ``data_fingerprint`` (the raw corpus's sha256), ``git_commit`` (``+dirty``
-with uncommitted changes) and ``config_fingerprint`` (the sha256 of all parameters of the
-environment). This compares the run of each model's champion with the checkout as it is now.
+hooks.RunTags`): ``data_fingerprint`` (the raw corpus's sha256), ``data_sets_fingerprint``
+(every corpus the parameters name, e.g. the memory family's chat corpus), ``git_commit``
+(``+dirty`` with uncommitted changes), ``config_fingerprint`` (the sha256 of all parameters of
+the environment) and ``catalog_fingerprint`` (of the environment's resolved catalog
+configuration). This compares the run of each model's champion with the checkout as it is now.
 
 ``--pipelines`` checks the models the pipelines end with (read from each registration node's
 ``register`` parameters, so a new family needs nothing here: :func:`registered_models`); the
@@ -30,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 FRESH_EXIT_CODE = 99
-COMPARED_TAGS = ("data_fingerprint", "git_commit", "config_fingerprint")
+COMPARED_TAGS = (
+    "data_fingerprint",
+    "data_sets_fingerprint",
+    "git_commit",
+    "config_fingerprint",
+    "catalog_fingerprint",
+)
 # The aliases router_pipelines.promotion sets, in the order they cover a model.
 COVERING_ALIASES = ("champion", "challenger")
 
@@ -43,29 +51,51 @@ def config_fingerprint(parameters: Mapping[str, Any]) -> str:
     return f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
-def _load_project(project_path: Path, env: str | None) -> dict[str, Any]:
-    """The project's parameters for ``env``; opening the context also points MLflow at the
-    project's store (kedro-mlflow's ``after_context_created``), as a run would."""
+def catalog_config(context: Any) -> dict[str, Any] | None:
+    """The environment's catalog configuration as Kedro resolves it for ``context`` (``None``
+    when it cannot be read: the run itself then reports the catalog's error)."""
+    try:
+        return dict(context.config_loader["catalog"])
+    except Exception:  # noqa: BLE001 - a fingerprint must never stop a run
+        return None
+
+
+def _load_project(project_path: Path, env: str | None) -> tuple[dict[str, Any], Any]:
+    """The project's parameters and catalog configuration for ``env``; opening the context also
+    points MLflow at the project's store (kedro-mlflow's ``after_context_created``), as a run
+    would."""
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(project_path)
     with KedroSession.create(project_path=project_path, env=env) as session:
-        return session.load_context().params
+        context = session.load_context()
+        return context.params, catalog_config(context)
 
 
 def current_state(
-    project_path: Path, env: str | None, parameters: Mapping[str, Any] | None = None
+    project_path: Path,
+    env: str | None,
+    parameters: Mapping[str, Any] | None = None,
+    catalog: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The three tags as a run started now in ``project_path`` with ``env`` would set them."""
-    from router_pipelines.tracking import git_commit, raw_data_fingerprint
+    """The compared tags as a run started now in ``project_path`` with ``env`` would set them
+    (``parameters`` and ``catalog``: the environment's, read from the project when omitted)."""
+    from router_pipelines.tracking import (
+        catalog_fingerprint,
+        data_sets_fingerprint,
+        git_commit,
+        raw_data_fingerprint,
+    )
 
     if parameters is None:
-        parameters = _load_project(project_path, env)
+        parameters, catalog = _load_project(project_path, env)
     return {
         "data_fingerprint": raw_data_fingerprint(parameters.get("data"), project_path),
+        "data_sets_fingerprint": data_sets_fingerprint(parameters, project_path),
         "git_commit": git_commit(project_path),
         "config_fingerprint": config_fingerprint(parameters),
+        "catalog_fingerprint": catalog_fingerprint(catalog),
     }
 
 
@@ -236,9 +266,9 @@ def check_pipelines(
     """``(fresh, why)`` for every model the pipelines register."""
     from kedro.framework.project import pipelines
 
-    parameters = _load_project(project_path, env)
+    parameters, catalog = _load_project(project_path, env)
     models = registered_models(pipeline_names, pipelines, parameters)
-    now = current_state(project_path, env, parameters)
+    now = current_state(project_path, env, parameters, catalog)
     fresh, why = check_models(models, now)
     return fresh, f"pipelines {','.join(pipeline_names)} register {', '.join(models)}\n{why}"
 

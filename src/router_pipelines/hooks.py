@@ -251,7 +251,9 @@ class RunTags:
     * the run name: ``<pipelines> [<env>] <namespace>:<main setting> ...``;
     * tags ``pipeline``, ``family`` (the namespaces that ran), ``env``, ``git_commit``,
       ``data_fingerprint`` (of the raw data, :func:`~router_pipelines.tracking.raw_data_fingerprint`),
-      ``config_fingerprint`` (of all parameters, for :mod:`router_pipelines.freshness`),
+      ``data_sets_fingerprint`` (of every corpus the parameters name: the chat corpus too),
+      ``config_fingerprint`` (of all parameters) and ``catalog_fingerprint`` (of the resolved
+      catalog configuration), for :mod:`router_pipelines.freshness`,
       ``kedro_command`` (as typed, ``--env`` and ``--params`` included), ``runner`` (its class);
     * ``base_model`` once the base model is known (registered in this run, or reused);
     * on the experiment: its kind (training runs first) and a description (per environment).
@@ -260,11 +262,15 @@ class RunTags:
     def __init__(self) -> None:
         self._env: str | None = None
         self._project_path: Any = None
+        self._catalog_config: Any = None
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
+        from router_pipelines.freshness import catalog_config
+
         self._env = context.env
         self._project_path = context.project_path
+        self._catalog_config = catalog_config(context)
 
     @hook_impl(trylast=True)  # after kedro-mlflow opened its run
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -279,7 +285,13 @@ class RunTags:
             return
         from router_pipelines.freshness import config_fingerprint
         from router_pipelines.terminal import main_parameters, user_namespaces
-        from router_pipelines.tracking import git_commit, kedro_command, raw_data_fingerprint
+        from router_pipelines.tracking import (
+            catalog_fingerprint,
+            data_sets_fingerprint,
+            git_commit,
+            kedro_command,
+            raw_data_fingerprint,
+        )
 
         try:
             parameters = catalog.load("parameters")
@@ -304,7 +316,9 @@ class RunTags:
             "env": env,
             "git_commit": git_commit(self._project_path),
             "data_fingerprint": raw_data_fingerprint(parameters.get("data"), self._project_path),
+            "data_sets_fingerprint": data_sets_fingerprint(parameters, self._project_path),
             "config_fingerprint": config_fingerprint(parameters),
+            "catalog_fingerprint": catalog_fingerprint(self._catalog_config),
             "kedro_command": kedro_command(run_params, env),
             "runner": _runner_name(runner),
         }

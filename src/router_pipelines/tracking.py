@@ -174,6 +174,42 @@ def raw_data_fingerprint(data_params: Mapping[str, Any] | None, root: Any = None
     return f"sha256:{digest.hexdigest()[:16]}"
 
 
+def data_sets_fingerprint(parameters: Mapping[str, Any] | None, root: Any = None) -> str:
+    """``sha256:<16 hex>`` over every raw data set the parameters name: each group shaped like
+    ``data`` (a mapping with ``raw_path`` or ``hub_dataset``, at any depth: ``data``,
+    ``memory.chat_data``, a future family's own corpus), by its dotted name and
+    :func:`raw_data_fingerprint`. ``data_fingerprint`` is the main corpus alone; this one sees
+    a change to any corpus a family trains on, so a freshness check does too."""
+    import hashlib
+
+    found: list[str] = []
+
+    def walk(value: Any, name: str) -> None:
+        if not isinstance(value, Mapping):
+            return
+        if "raw_path" in value or "hub_dataset" in value:
+            found.append(f"{name}={raw_data_fingerprint(value, root)}")
+        for key, item in value.items():
+            walk(item, f"{name}.{key}" if name else str(key))
+
+    walk(parameters or {}, "")
+    text = "\n".join(sorted(found))
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def catalog_fingerprint(catalog_config: Mapping[str, Any] | None) -> str:
+    """``sha256:<16 hex>`` of the environment's catalog configuration as Kedro resolved it
+    (``config_loader["catalog"]``: globals and factories' patterns in place; credentials are a
+    separate key and never part of it); ``""`` when it could not be read."""
+    import hashlib
+    import json
+
+    if catalog_config is None:
+        return ""
+    text = json.dumps(catalog_config, sort_keys=True, default=str)
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
 def git_commit(root: Any = None) -> str:
     """The checkout's commit (``+dirty`` with uncommitted changes), or ``""`` outside git."""
     import subprocess

@@ -21,8 +21,10 @@ from router_pipelines.freshness import (
 
 NOW = {
     "data_fingerprint": "sha256:aaaa",
+    "data_sets_fingerprint": "sha256:dddd",
     "git_commit": "0123abcd",
     "config_fingerprint": "sha256:cccc",
+    "catalog_fingerprint": "sha256:eeee",
 }
 
 
@@ -97,6 +99,46 @@ def client(tmp_path_factory):
         yield mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
         while mlflow.active_run() is not None:
             mlflow.end_run()
+
+
+def test_every_corpus_the_parameters_name_is_fingerprinted(tmp_path):
+    """The chat corpus of the memory family is not the main corpus: a change to it leaves
+    ``data_fingerprint`` as it was and changes ``data_sets_fingerprint``."""
+    from router_pipelines.tracking import data_sets_fingerprint, raw_data_fingerprint
+
+    (tmp_path / "main.jsonl").write_text('{"text": "a"}\n')
+    (tmp_path / "chat.jsonl").write_text('{"messages": []}\n')
+    parameters = {
+        "data": {"raw_path": "main.jsonl", "hub_dataset": None},
+        "memory": {"chat_data": {"raw_path": "chat.jsonl", "hub_dataset": None}, "lr": 1e-3},
+    }
+    main_before = raw_data_fingerprint(parameters["data"], tmp_path)
+    all_before = data_sets_fingerprint(parameters, tmp_path)
+    assert data_sets_fingerprint(parameters, tmp_path) == all_before, "deterministic"
+    (tmp_path / "chat.jsonl").write_text('{"messages": [{"role": "user"}]}\n')
+    assert raw_data_fingerprint(parameters["data"], tmp_path) == main_before
+    assert data_sets_fingerprint(parameters, tmp_path) != all_before
+    hub = {"memory": {"chat_data": {"raw_path": None, "hub_dataset": "org/chats"}}}
+    other_hub = {"memory": {"chat_data": {"raw_path": None, "hub_dataset": "org/other"}}}
+    assert data_sets_fingerprint(hub) != data_sets_fingerprint(other_hub)
+
+
+def test_the_catalog_fingerprint_follows_the_resolved_catalog():
+    from kedro.config import OmegaConfigLoader
+
+    from router_pipelines.tracking import catalog_fingerprint
+
+    loader = OmegaConfigLoader(
+        conf_source=str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="debug"
+    )
+    catalog = dict(loader["catalog"])
+    assert catalog_fingerprint(catalog) == catalog_fingerprint(dict(reversed(catalog.items())))
+    name = "data_processing.data_report"
+    entry = catalog[name]
+    moved_entry = {**entry, "dataset": {**entry["dataset"], "filepath": "elsewhere/report.json"}}
+    moved = {**catalog, name: moved_entry}
+    assert catalog_fingerprint(moved) != catalog_fingerprint(catalog)
+    assert catalog_fingerprint(None) == ""
 
 
 def test_a_dirty_checkout_is_never_fresh():

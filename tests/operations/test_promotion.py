@@ -300,7 +300,8 @@ def test_a_worse_retrain_on_new_held_out_data_leaves_the_champion_in_place(pretr
 @pytest.mark.slow
 def test_the_freshness_check_skips_only_what_the_champion_already_covers(debug_run):
     """Same data, code and configuration as switchable_lm_debug's champion run: exit 99 (skip);
-    new raw data: exit 0 (retrain), naming what changed."""
+    a new record in the raw corpus, a line added to the chat corpus or a new catalog entry: exit
+    0 (retrain), naming what changed; every change undone: exit 99 again."""
     from router_pipelines.freshness import FRESH_EXIT_CODE
 
     def check() -> tuple[int, str]:
@@ -321,12 +322,32 @@ def test_the_freshness_check_skips_only_what_the_champion_already_covers(debug_r
     code, out = check()
     assert code == FRESH_EXIT_CODE, out[-3000:]
     assert "nothing to retrain" in out
-    corpus = debug_run.root / "data" / "01_raw" / "python_docs.jsonl"
-    original = corpus.read_bytes()
-    corpus.write_bytes(original + b'{"text": "def new_record():\\n    return 1\\n"}\n')
-    try:
-        code, out = check()
-    finally:
-        corpus.write_bytes(original)
-    assert code == 0, out[-3000:]
-    assert "is stale: data_fingerprint" in out
+    raw = debug_run.root / "data" / "01_raw"
+    changes = (
+        (
+            raw / "python_docs.jsonl",
+            b'{"text": "def new_record():\\n    return 1\\n"}\n',
+            "data_fingerprint",
+        ),
+        # the memory family's chat corpus: not the main corpus, still data the project trains on
+        (raw / "python_docs_chat.jsonl", b"\n", "data_sets_fingerprint"),
+        (
+            debug_run.root / "conf" / "debug" / "catalog_extra.yml",
+            b"extra_table:\n  type: pandas.ParquetDataset\n  filepath: data/extra.parquet\n",
+            "catalog_fingerprint",
+        ),
+    )
+    for path, added, changed in changes:
+        original = path.read_bytes() if path.exists() else None
+        path.write_bytes((original or b"") + added)
+        try:
+            code, out = check()
+        finally:
+            if original is None:
+                path.unlink()
+            else:
+                path.write_bytes(original)
+        assert code == 0, out[-3000:]
+        assert f"is stale: {changed}" in out, out[-3000:]
+    code, out = check()
+    assert code == FRESH_EXIT_CODE, out[-3000:]
