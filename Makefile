@@ -105,7 +105,8 @@ benchmarks: install  ## writes figures to docs/benchmarks.md (see benchmarks/REA
 
 # `make clean`: only what the next run rebuilds cheaply (token caches, reports, staging folders,
 # Kedro-Viz output, leftovers of interrupted atomic writes). Never models, checkpoints or MLflow.
-CHEAP_OUTPUTS = $(wildcard data/04_feature/token_cache* data/08_reporting/* data/02_intermediate/*) \
+CHEAP_OUTPUTS = $(wildcard data/04_feature/token_cache* data/05_model_input/* data/08_reporting/* \
+	data/02_intermediate/*) \
 	$(wildcard build .viz)
 # `make clean-all` also removes these, plus everything under data/ but the embedded corpus.
 RUN_HISTORY = $(wildcard mlflow.db mlflow.db-* mlruns mlartifacts)

@@ -15,6 +15,8 @@ CORPUS = "data/01_raw/python_docs.jsonl"
 CHEAP = [  # rebuilt by the next run in seconds to minutes
     "data/04_feature/token_cache/0123abcd/blocks.npy",
     "data/04_feature/token_cache_debug/4567/blocks.npy",
+    "data/05_model_input/train_tokens.json",  # a reference into the token cache
+    "data/05_model_input/debug/validation_tokens.json",
     "data/08_reporting/pretrain/training_summary.json",
     "data/08_reporting/debug/pretrain/loss_curve.png",
     "data/02_intermediate/debug/stream.jsonl",
@@ -36,6 +38,7 @@ NEVER = [  # the project itself
     CORPUS,
     "data/01_raw/.gitkeep",
     "data/04_feature/.gitkeep",
+    "data/05_model_input/.gitkeep",
     "data/08_reporting/.gitkeep",
     "conf/base/catalog.yml",
     "src/router_pipelines/__init__.py",

@@ -248,6 +248,20 @@ def test_tasks_share_data_only_through_persisted_datasets(airflow_project, dagba
                 assert task_of[producer[dataset]] in _ancestors(dag, task_of[node.name]), where
                 checked += 1
     assert checked, "no DAG has two tasks: the boundary check checked nothing"
+    # The token views are persisted (TokenBlocksDataset): the default DAG runs tokenizing, each
+    # training and each promotion as tasks of their own, so a failed switchable training is
+    # retried without training the base model again.
+    default = dagbag["dags"][RETRAIN_DAG]
+    task_of = {node: task for task, nodes in _task_nodes(default).items() for node in nodes}
+    stages = [
+        "data_processing.tokenize_corpus",
+        "pretrain.train_base_model",
+        "pretrain.promote_champion",
+        "switchable.train_switchable",
+        "switchable.evaluate_bit_configurations",
+        "switchable.promote_champion",
+    ]
+    assert len({task_of[stage] for stage in stages}) == len(stages), task_of
 
 
 @pytest.mark.slow

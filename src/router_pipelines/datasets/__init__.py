@@ -4,6 +4,8 @@
   folders (optionally versioned), written atomically.
 * :class:`ModelVersionsDataset` — every saved version of a model, read lazily (read-only).
 * :class:`ModelRegistryDataset` — the MLflow Model Registry, read without unpickling (read-only).
+* :class:`TokenBlocksDataset` — a token split saved as a reference to its token-cache store
+  (loaded by memory-mapping it again, never copied).
 * :class:`AtomicJSONDataset`, :class:`AtomicParquetDataset`, :class:`AtomicMatplotlibDataset` —
   kedro-datasets' report datasets with atomic local writes (wrappable by
   ``MlflowArtifactDataset``).
@@ -28,5 +30,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "PretrainedTokenizerDataset": "pretrained",
         "RegisteredModelVersion": "registry",
         "StoredModel": "model_store",
+        "TokenBlocksDataset": "token_blocks",
     },
 )
