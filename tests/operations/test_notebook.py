@@ -35,9 +35,14 @@ def test_compare_runs_notebook_executes_on_the_debug_store(debug_run, tmp_path, 
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     outputs = [text(cell) for cell in code]
     assert "router_pipelines_debug" in outputs[0]
+    # every family's promotion metric is known, whether or not the store has its runs yet
+    for family_metric in ("'memory': 'chat_validation_loss'", "'query_router': 'router_apgr'"):
+        assert family_metric in outputs[0], outputs[0]
     assert "__default__ [debug]" in outputs[1] and "lowest_width_perplexity" in outputs[1]
+    assert "pretrain/validation_perplexity" in outputs[1] and "pretrain/parameters" in outputs[1]
     assert any("image/png" in output.get("data", {}) for output in code[2].outputs), "a plot"
     assert "8 configurations from 1 runs" in outputs[3]
     assert "champion" in outputs[4] and "base_lm_debug" in outputs[4]
+    assert "lowest_width_effective_bits" in outputs[4], "the cost metric of the switchable family"
     assert "switchable_lm_debug [" in outputs[5]
     assert not (tmp_path / "mlflow.db").exists(), "no stray store where the notebook ran"
