@@ -85,14 +85,27 @@ def _params(tmp_path: Path, raw_path: str, **chat_data) -> dict:
     return params
 
 
-OUTPUTS = ("chat_train_tokens", "chat_data_report", "model", "evaluation", "evaluation_summary")
+OUTPUTS = (
+    "chat_train_tokens",
+    "chat_validation_tokens",
+    "chat_data_report",
+    "model",
+    "training_summary",
+    "evaluation",
+    "evaluation_summary",
+    "registration",
+)
+
+
+def _text_tokens(base_model: ModelBundle) -> TokenBlocks:
+    rows = (np.arange(16)[:, None] + np.arange(32)[None, :]) % len(base_model.tokenizer)
+    return TokenBlocks.from_arrays(rows, fingerprint="text-val")
 
 
 def _run(params: dict, base_model: ModelBundle, nodes: list[str]) -> dict:
     catalog = DataCatalog({f"memory.{name}": KeptDataset() for name in OUTPUTS})
     catalog["pretrain.model"] = base_model
-    rows = (np.arange(16)[:, None] + np.arange(32)[None, :]) % len(base_model.tokenizer)
-    catalog["validation_tokens"] = TokenBlocks.from_arrays(rows, fingerprint="text-val")
+    catalog["validation_tokens"] = _text_tokens(base_model)
     for group, values in params.items():
         catalog[f"params:memory.{group}"] = values
     pipeline = create_pipeline().only_nodes(*(f"memory.{n}" for n in nodes))
@@ -183,3 +196,67 @@ def test_the_seeds_hub_chat_datasets_by_name_offline(
     assert calls[0][0] == name and calls[0][1]["split"] == split
     supervised = _assistant_only(out["chat_train_tokens"], base_model.tokenizer)
     assert supervised and all(text.startswith("It returns ") for text in supervised)
+
+
+def test_the_champion_rescoring_matches_the_evaluation_of_the_same_model(
+    tmp_path, base_model, mlflow_store, monkeypatch
+):
+    """promotion re-scores a memory champion with ``rescore_memory``: on the model a slice run
+    just evaluated and registered, loaded back from the registry (LoRA merged into the base), it
+    gives the registration's metrics, logs nothing, and refuses a model of another tokenizer or
+    one whose trainable parameters it cannot confirm."""
+    import mlflow
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from router_pipelines import tracking
+    from router_pipelines.pipelines.memory.nodes import REGISTERED_METRICS, rescore_memory
+    from router_pipelines.promotion import load_registered
+
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(chat) + "\n" for chat in CHATS))
+    params = _params(tmp_path, str(path))
+    params["lora"].update(enabled=True, r=4)
+    nodes = [
+        "ingest_chat_corpus",
+        "split_chat_corpus",
+        "tokenize_chat_corpus",
+        "train_memory",
+        "evaluate_memory",
+        "register_memory",
+    ]
+    with mlflow.start_run():
+        out = _run(params, base_model, nodes)
+    registration = out["registration"]
+    summary = out["training_summary"]
+    assert summary["lora_parameters"] > 0, "LoRA trained: the merged save drops its tensors"
+    champion = load_registered(
+        mlflow.MlflowClient().get_model_version(registration["name"], registration["version"])
+    )
+    assert not any("lora_" in name for name, _ in champion.model.named_parameters())
+
+    logged = []
+    for name in ("log_metrics", "log_figure", "log_table"):
+        monkeypatch.setattr(tracking, name, lambda *args, **kwargs: logged.append(args))
+    text = _text_tokens(base_model)
+    inputs = (out["chat_validation_tokens"], params["evaluation"], params["training"])
+    rescored = rescore_memory(champion, base_model, text, *inputs)
+    assert set(rescored) == set(REGISTERED_METRICS) == set(registration["metrics"])
+    assert rescored == pytest.approx(registration["metrics"], rel=1e-6)
+    assert rescored["trainable_parameters"] == summary["trainable_parameters"]
+    assert rescored["trainable_parameters"] > summary["memory_parameters"]
+    assert not logged, "the champion's numbers are not this run's metrics"
+
+    other = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a")),
+        pad_token="a",
+    )
+    other_data = ModelBundle(base_model.model, other, {"family": "causal_lm"})
+    with pytest.raises(ValueError, match="its tokenizer .* is not the data's"):
+        rescore_memory(champion, other_data, text, *inputs)
+    champion.metadata["lora"]["r"] = 8  # not the LoRA it was trained with
+    with pytest.raises(ValueError, match="records .* trainable parameters, but its rebuilt"):
+        rescore_memory(champion, base_model, text, *inputs)
+    del champion.metadata["lora"]
+    with pytest.raises(ValueError, match="records no LoRA settings"):
+        rescore_memory(champion, base_model, text, *inputs)

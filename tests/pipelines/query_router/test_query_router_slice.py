@@ -248,3 +248,60 @@ def test_an_unchanged_rerun_reuses_the_router_and_a_new_learning_rate_retrains(
     params["outcomes"]["label_quantiles"] = [0.1, 0.3, 0.5, 0.7]
     fourth = _run(params, models_and_data, models)
     assert fourth["training_summary"]["origin"] == "train"
+
+
+def test_the_champion_rescoring_matches_the_evaluation_of_the_same_model(
+    tmp_path, models_and_data, monkeypatch
+):
+    """promotion re-scores a router champion with ``rescore_router``: the router the slice just
+    evaluated, saved and loaded back as the registry does, gets the registration's headline
+    numbers on the same test queries, with nothing logged; a router trained for another ladder,
+    or a model that is no router, is refused."""
+    import dataclasses
+
+    import router_pipelines.tracking as tracking
+    from router_pipelines.pipelines.query_router.evaluation_nodes import (
+        headline_metrics,
+        rescore_router,
+    )
+
+    params = _params(tmp_path)
+    params["training"]["num_train_epochs"] = 1
+    out = _run(params, models_and_data)
+    registered = headline_metrics(out["routing_metrics"]["metrics"])  # register_router's metrics
+    save_bundle(out["model"], tmp_path / "champion")
+    champion = load_bundle(tmp_path / "champion")
+
+    def no_logging(*args, **kwargs):
+        raise AssertionError("the champion's re-scoring logged to MLflow")
+
+    monkeypatch.setattr(tracking, "log_metrics", no_logging)
+    monkeypatch.setattr(tracking, "log_table", no_logging)
+    rescored = rescore_router(champion, out["outcomes"], params["outcomes"], params["evaluation"])
+    assert set(rescored) == {"router_apgr", "router_cpt_50", "oracle_apgr", "oracle_cpt_50"}
+    assert rescored == pytest.approx(registered, rel=1e-9)
+    # the router's numbers are the champion's own: other weights route otherwise
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for weight in champion.model.parameters():
+            weight.add_(0.5 * torch.randn_like(weight))
+    perturbed = rescore_router(champion, out["outcomes"], params["outcomes"], params["evaluation"])
+    assert perturbed["oracle_apgr"] == rescored["oracle_apgr"]
+    assert perturbed["router_apgr"] != pytest.approx(rescored["router_apgr"], rel=1e-6)
+
+    pipeline = create_pipeline()
+    promote = next(n for n in pipeline.nodes if n.name == "query_router.promote_champion")
+    assert promote.inputs[3:] == [
+        "query_router.outcomes",
+        "params:query_router.outcomes",
+        "params:query_router.evaluation",
+    ]
+
+    other_ladder = dataclasses.replace(
+        champion, metadata={**champion.metadata, "ladder": ["2bit", "4bit", "8bit"]}
+    )
+    with pytest.raises(ValueError, match=r"trained to score the ladder .* not this run's"):
+        rescore_router(other_ladder, out["outcomes"], params["outcomes"], params["evaluation"])
+    base = models_and_data[0]
+    with pytest.raises(ValueError, match="family 'causal_lm', not 'query_router'"):
+        rescore_router(base, out["outcomes"], params["outcomes"], params["evaluation"])

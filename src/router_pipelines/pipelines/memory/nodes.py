@@ -202,17 +202,107 @@ def evaluate_memory(
         accuracy; the headline metrics (chat loss and bpb, ``forgetting`` = the memory model's
         text loss minus the base's, utilisation); and the chapter-usage figure.
     """
+    from router_pipelines.families.memory import chapter_usage_figure
+    from router_pipelines.tracking import log_metrics
+
+    frame, headline, counts = _evaluate(
+        model,
+        base_model,
+        validation_tokens,
+        chat_validation_tokens,
+        evaluation_params,
+        training_params,
+    )
+    log_metrics({k: v for k, v in headline.items() if k != "chapter_counts"})
+    figure = chapter_usage_figure(
+        counts.numpy(), model.model.layer_indices, "chapter usage (chat validation)"
+    )
+    return frame, headline, figure
+
+
+def rescore_memory(
+    bundle: Any,
+    base_model: Any,
+    validation_tokens: Any,
+    chat_validation_tokens: Any,
+    evaluation_params: dict[str, Any],
+    training_params: dict[str, Any],
+) -> dict[str, float]:
+    """The registered metrics of a registered memory model (the champion, in promotion) on this
+    run's validation sets, evaluated as :func:`evaluate_memory` does (same batches, same
+    assistant-only labels); nothing is logged. ``forgetting`` is against this run's base, the
+    one the challenger's is measured against.
+
+    ``trainable_parameters`` cannot be read off the registered weights: the folder has LoRA
+    merged into the base (``MemoryAdapter.save_pretrained``), so it is counted on the model
+    rebuilt from the folder's architecture and memory config with the LoRA settings and
+    ``train_base`` its metadata records, and must equal the count the metadata records.
+
+    Raises:
+        ValueError: the bundle is not a memory model, its tokenizer is not the data's, or its
+            metadata lacks the LoRA or training settings or records another trainable count.
+    """
+    from router_pipelines.promotion import check_same_tokenizer
+
+    if bundle.family != FAMILY:
+        raise ValueError(f"the model to re-score is a {bundle.family!r} model, not {FAMILY!r}")
+    check_same_tokenizer(bundle, base_model.tokenizer, "the memory model to re-score")
+    trainable = _registered_trainable_parameters(bundle)  # cheap: refused before evaluating
+    _, headline, _ = _evaluate(
+        bundle,
+        base_model,
+        validation_tokens,
+        chat_validation_tokens,
+        evaluation_params,
+        training_params,
+    )
+    return registered_metrics(headline, trainable)
+
+
+def _registered_trainable_parameters(bundle: Any) -> int:
+    """What training updated in a registered memory model (see :func:`rescore_memory`)."""
+    from router_pipelines.config import config_from_dict
+    from router_pipelines.model_source import identity_of
+    from router_pipelines.models.memory import LoraSettings
+    from router_pipelines.pipelines.memory.training import trainable_parameter_count
+
+    metadata = bundle.metadata
+    training = (identity_of(metadata) or {}).get("training")
+    if not isinstance(metadata.get("lora"), dict) or not isinstance(training, dict):
+        raise ValueError(
+            "the memory model to re-score records no LoRA settings or training config "
+            "(metadata 'lora', 'identity.inputs.training'): its trainable parameters are unknown"
+        )
+    lora = config_from_dict(LoraSettings, metadata["lora"], "metadata: lora")
+    count = trainable_parameter_count(
+        bundle.model.config, bundle.model.memory_config, lora, bool(training.get("train_base"))
+    )
+    recorded = (metadata.get("training") or {}).get("trainable_parameters")
+    if recorded is not None and int(recorded) != count:
+        raise ValueError(
+            f"the memory model to re-score records {recorded} trainable parameters, but its "
+            f"rebuilt model has {count} (another peft or transformers layout?)"
+        )
+    return count
+
+
+def _evaluate(
+    model: Any,
+    base_model: Any,
+    validation_tokens: Any,
+    chat_validation_tokens: Any,
+    evaluation_params: dict[str, Any],
+    training_params: dict[str, Any],
+) -> tuple[Any, dict[str, Any], Any]:
+    """The evaluation frame, the headline metrics and the ``(L, C)`` chapter-pick counts of
+    :func:`evaluate_memory`, logging nothing."""
     import pandas as pd
+    import torch
 
     from router_pipelines.data.tokenizer import token_byte_lengths
     from router_pipelines.data.torch_dataset import TokenBlockDataset
     from router_pipelines.evaluation import evaluate_language_model
-    from router_pipelines.families.memory import (
-        chapter_usage_figure,
-        count_chapter_picks,
-        utilisation,
-    )
-    from router_pipelines.tracking import log_metrics
+    from router_pipelines.families.memory import count_chapter_picks, utilisation
 
     params = parse_memory_params({"evaluation": evaluation_params, "training": training_params})
     config = params.evaluation
@@ -233,8 +323,6 @@ def evaluate_memory(
             rows.append({"model": name, "split": split, **metrics})
     frame = pd.DataFrame(rows)
     value = frame.set_index(["model", "split"])
-    import torch
-
     loader = torch.utils.data.DataLoader(
         TokenBlockDataset(chat_validation_tokens), batch_size=batch_size
     )
@@ -252,11 +340,18 @@ def evaluate_memory(
         **usage,
         "chapter_counts": counts.tolist(),
     }
-    log_metrics({k: v for k, v in headline.items() if k != "chapter_counts"})
-    figure = chapter_usage_figure(
-        counts.numpy(), model.model.layer_indices, "chapter usage (chat validation)"
-    )
-    return frame, headline, figure
+    return frame, headline, counts
+
+
+def registered_metrics(
+    evaluation_summary: dict[str, Any], trainable_parameters: int
+) -> dict[str, float]:
+    """The metrics :func:`register_memory` reports (:data:`REGISTERED_METRICS`): the headline
+    of the evaluation and ``trainable_parameters``, what training updated (adapter + LoRA; the
+    frozen base is shared by every version), the promotion's cost."""
+    metrics = {key: float(evaluation_summary[key]) for key in HEADLINE}
+    metrics["trainable_parameters"] = float(trainable_parameters)
+    return metrics
 
 
 def register_memory(
@@ -272,10 +367,9 @@ def register_memory(
         return skipped
     from router_pipelines.serving import register_model
 
-    metrics = {key: float(evaluation_summary[key]) for key in HEADLINE}
-    # adapter + LoRA (the frozen base is shared by every version): the promotion's cost
-    metrics["trainable_parameters"] = float(
-        training_summary["memory_parameters"] + training_summary["lora_parameters"]
+    metrics = registered_metrics(
+        evaluation_summary,
+        training_summary["memory_parameters"] + training_summary["lora_parameters"],
     )
     tags = {
         FINGERPRINT_TAG: training_summary["fingerprint"],

@@ -9,6 +9,7 @@ from router_pipelines.pipelines.data_processing.nodes import ingest_corpus, spli
 from router_pipelines.pipelines.memory.nodes import (
     evaluate_memory,
     register_memory,
+    rescore_memory,
     tokenize_chat_corpus,
     train_memory,
 )
@@ -72,7 +73,23 @@ def create_pipeline(**kwargs) -> Pipeline:
             "registration",
             name="register_memory",
         ),
-        Pipeline([promotion_node("memory")], inputs={DATA_REPORT: "chat_data_report"}),
+        # a champion measured on other chat data is scored again on this run's, as evaluated here
+        Pipeline(
+            [
+                promotion_node(
+                    "memory",
+                    evaluate=rescore_memory,
+                    inputs=[
+                        "base_model",
+                        "validation_tokens",
+                        "chat_validation_tokens",
+                        "params:evaluation",
+                        "params:training",
+                    ],
+                )
+            ],
+            inputs={DATA_REPORT: "chat_data_report"},
+        ),
     ]
     return Pipeline(
         nodes,

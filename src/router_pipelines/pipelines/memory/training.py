@@ -50,7 +50,16 @@ def build_memory_model(
     passed in is never modified.
     """
     torch.manual_seed(seed)
-    model = apply_lora(copy.deepcopy(base), lora)
+    return attach_adapters(copy.deepcopy(base), adapter, lora, train_base)
+
+
+def attach_adapters(
+    base: nn.Module, adapter: MemoryConfig | None, lora: LoraSettings, train_base: bool
+) -> nn.Module:
+    """``base`` itself (not a copy) with LoRA (if enabled) and the memory adapter (if
+    ``adapter``), ``requires_grad`` set on what training updates: the model of
+    :func:`build_memory_model`, without its seeding."""
+    model = apply_lora(base, lora)
     if adapter is None:
         if not lora.enabled:
             for param in model.parameters():
@@ -59,6 +68,22 @@ def build_memory_model(
     model = MemoryAdapter(model, adapter)
     freeze_base(model, train_base)
     return model
+
+
+def trainable_parameter_count(
+    base_config: Any, adapter: MemoryConfig, lora: LoraSettings, train_base: bool
+) -> int:
+    """How many parameters training updates in the memory model of a base with the
+    transformers config ``base_config``: memory + LoRA (+ the base's own with ``train_base``),
+    counted on a weightless (``meta`` device) model built as :func:`build_memory_model` builds
+    it. Tied weights count once, as in ``nn.Module.parameters``."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = attach_adapters(
+            AutoModelForCausalLM.from_config(base_config), adapter, lora, train_base
+        )
+    return sum(param.numel() for param in model.parameters() if param.requires_grad)
 
 
 def group_name(pattern: str) -> str:

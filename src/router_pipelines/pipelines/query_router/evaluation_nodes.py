@@ -52,12 +52,83 @@ def evaluate_router(
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Threshold sweeps on the held-out test queries for the trained router, a random router,
     the exact oracle and the cheap model's own uncertainty; calibrated thresholds; the ladder.
+    The finite metrics and the curve table are logged to MLflow.
 
     Returns:
         The curve table (one row per router and threshold: strong share or cost, quality, PGR),
         the figure of the curves, and the metrics document (APGR, CPT, hull area per router,
         calibration, the ladder's areas, the calibration scores the serving router uses).
     """
+    from router_pipelines.tracking import log_metrics, log_table
+
+    params = parse_query_router_params(
+        {"prompt": prompt_params, "outcomes": outcomes_params, "evaluation": evaluation_params}
+    )
+    table, document = routing_evaluation(router_model, outcomes, params)
+    metrics = document["metrics"]
+    log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+    log_table(table, "routing_curves.json")
+    logger.info(
+        "Router APGR %.3f (oracle %.3f, random %.3f), CPT(50%%) %.3f",
+        metrics["router_apgr"],
+        metrics["oracle_apgr"],
+        metrics["random_apgr"],
+        metrics["router_cpt_50"],
+    )
+    return table, routing_figure(table), document
+
+
+def rescore_router(
+    bundle: Any,
+    outcomes: Any,
+    outcomes_params: dict[str, Any],
+    evaluation_params: dict[str, Any],
+) -> dict[str, float]:
+    """The headline metrics of a registered router (the champion, in promotion) on this run's
+    held-out queries: the test split of ``outcomes`` (its questions and the measured quality
+    of the cheap and strong models on them), by the evaluation of :func:`evaluate_router` with
+    the router's own prompt (the one it was trained on and is served with); nothing is logged.
+
+    The router reads text in its own tokenizer (its base LM's, plus the label tokens), so there
+    is no token-id check against the data's tokenizer.
+
+    Raises:
+        ValueError: the bundle is not a query router, lacks its prompt or ladder metadata, or
+            was trained to score another ladder of models than this run's outcomes measure.
+    """
+    metadata = bundle.metadata
+    if bundle.family != FAMILY:
+        raise ValueError(f"the router to re-score: family {bundle.family!r}, not {FAMILY!r}")
+    missing = [key for key in ("prompt", "ladder") if key not in metadata]
+    if missing:
+        raise ValueError(f"the router to re-score: its metadata has no {missing}")
+    ladder = ladder_names(outcomes)
+    if list(metadata["ladder"]) != ladder:
+        raise ValueError(
+            f"the router to re-score was trained to score the ladder {metadata['ladder']}, "
+            f"not this run's {ladder} (query_router.outcomes.ladder): its scores would "
+            "predict other models"
+        )
+    params = parse_query_router_params(
+        {
+            "prompt": metadata["prompt"],
+            "outcomes": outcomes_params,
+            "evaluation": evaluation_params,
+        }
+    )
+    _, document = routing_evaluation(bundle, outcomes, params)
+    return headline_metrics(document["metrics"])
+
+
+def headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """:data:`HEADLINE_METRICS` of the metrics document: what the registration reports."""
+    return {key: float(metrics[key]) for key in HEADLINE_METRICS}
+
+
+def routing_evaluation(router_model: Any, outcomes: Any, params: Any) -> tuple[Any, dict[str, Any]]:
+    """The curve table and the metrics document of :func:`evaluate_router` for the router
+    bundle ``router_model`` on ``outcomes`` (``params``: parsed ``query_router`` params with
+    ``prompt``, ``outcomes`` and ``evaluation``); logs nothing."""
     from router_pipelines.families.query_router import (
         calibrate_threshold,
         oracle_scores,
@@ -66,11 +137,7 @@ def evaluate_router(
         routing_curve,
         strong_share,
     )
-    from router_pipelines.tracking import log_metrics, log_table
 
-    params = parse_query_router_params(
-        {"prompt": prompt_params, "outcomes": outcomes_params, "evaluation": evaluation_params}
-    )
     config = params.evaluation
     scores = router_score_table(router_model, outcomes, params.prompt, config.batch_size)
     test = (outcomes["split"] == "test").to_numpy()
@@ -131,9 +198,6 @@ def evaluate_router(
     metrics.update(ladder_metrics)
     import pandas as pd
 
-    table = pd.DataFrame(rows)
-    log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-    log_table(table, "routing_curves.json")
     document = {
         "metrics": metrics,
         "thresholds": thresholds,
@@ -145,14 +209,7 @@ def evaluate_router(
         "cost": params.outcomes.cost,
         "ladder_rule": ladder_rule,  # the lambda x cost rule over the ladder (empty: 2 models)
     }
-    logger.info(
-        "Router APGR %.3f (oracle %.3f, random %.3f), CPT(50%%) %.3f",
-        metrics["router_apgr"],
-        metrics["oracle_apgr"],
-        metrics["random_apgr"],
-        metrics["router_cpt_50"],
-    )
-    return table, routing_figure(table), document
+    return pd.DataFrame(rows), document
 
 
 def _argmax_label(scores: Any, rung: str) -> np.ndarray:
@@ -286,7 +343,7 @@ def register_router(
     if skipped is not None:
         return skipped
     metrics = routing_metrics["metrics"]
-    headline = {key: float(metrics[key]) for key in HEADLINE_METRICS}
+    headline = headline_metrics(metrics)
     tags = {FINGERPRINT_TAG: training_summary["fingerprint"]}
     with tempfile.TemporaryDirectory(prefix="router-") as tmp:
         routing = Path(tmp) / "routing.json"

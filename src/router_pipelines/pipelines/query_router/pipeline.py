@@ -7,6 +7,7 @@ from kedro.pipeline import Node, Pipeline
 from router_pipelines.pipelines.query_router.evaluation_nodes import (
     evaluate_router,
     register_router,
+    rescore_router,
 )
 from router_pipelines.pipelines.query_router.nodes import (
     cut_router_queries,
@@ -67,7 +68,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             "registration",
             name="register_router",
         ),
-        promotion_node("query_router"),
+        # a champion measured on other held-out data is scored again on this run's test queries
+        promotion_node(
+            "query_router",
+            evaluate=rescore_router,
+            inputs=["outcomes", "params:outcomes", "params:evaluation"],
+        ),
     ]
     return Pipeline(
         nodes,
