@@ -187,3 +187,71 @@ def test_num_examples_larger_than_the_data_stops_before_training(tmp_path):
     with pytest.raises(Exception, match=r"num_examples: 40 .* larger than the 32 training rows"):
         _run(params)
     assert not (tmp_path / "ckpt").exists(), "nothing was trained or written"
+
+
+def test_the_champion_rescoring_matches_the_evaluation_of_the_same_model(tmp_path, monkeypatch):
+    """promotion re-scores a precision-router champion with ``rescore_precision_router``: the
+    router the slice just evaluated, saved and loaded back as the registry does, gives the
+    registration's metrics again on the same data (the random assignments it skips change no
+    headline number), logs nothing, scores the model it is given, and refuses a bundle of
+    another tokenizer or one that holds no router."""
+    from router_pipelines import tracking
+    from router_pipelines.models.bundle import load_bundle, save_bundle
+    from router_pipelines.pipelines.precision_router.checks import headline_keys
+    from router_pipelines.pipelines.precision_router.config import parse_precision_router_params
+    from router_pipelines.pipelines.precision_router.evaluation_nodes import (
+        headline_metrics,
+        rescore_precision_router,
+    )
+
+    logged: list[str] = []
+    monkeypatch.setattr(tracking, "log_metrics", lambda metrics, step=None: logged.extend(metrics))
+    params = _params(tmp_path)
+    params["quantized"]["source"] = "ptq"
+    params["evaluation"].update(budget_routers=True, budget_router_steps=2)
+    out = _run(params)
+    assert "eval/router_b3/perplexity" in logged, "the evaluation node logs its numbers"
+    registered = headline_metrics(out["router_results"])  # register_router's ``metrics``
+    save_bundle(out["model"], tmp_path / "champion")
+    champion = load_bundle(tmp_path / "champion")
+
+    base = _base()
+    inputs = (_tokens(32, seed=1), _tokens(8, seed=2), base.tokenizer)
+    groups = (params["training"], params["evaluation"])
+    logged.clear()
+    rescored = rescore_precision_router(champion, *inputs, *groups)
+    assert logged == [], "the champion's numbers are not logged among this run's"
+    assert set(rescored) == set(registered)
+    assert rescored == pytest.approx(registered, rel=1e-6)
+    evaluation = parse_precision_router_params({"evaluation": params["evaluation"]}).evaluation
+    assert {"router_b3_perplexity", "router_b3_mean_bits"} <= set(headline_keys(evaluation))
+    assert set(headline_keys(evaluation)) <= set(rescored)
+
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for weight in champion.model.routers.parameters():
+            weight.add_(torch.randn(weight.shape, generator=noise))
+    perturbed = rescore_precision_router(champion, *inputs, *groups)
+    assert perturbed["router_flops_share"] == rescored["router_flops_share"]
+    assert perturbed["router_b3_perplexity"] != pytest.approx(
+        rescored["router_b3_perplexity"], rel=1e-6
+    )
+
+    pipeline = create_pipeline()
+    promote = next(n for n in pipeline.nodes if n.name == "precision_router.promote_champion")
+    assert promote.inputs[3:] == [
+        "train_tokens",
+        "validation_tokens",
+        "tokenizer",
+        "params:precision_router.training",
+        "params:precision_router.evaluation",
+    ]
+
+    other = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "b": 1}, unk_token="a")),
+        pad_token="a",
+    )
+    with pytest.raises(ValueError, match="its tokenizer .* is not the data's"):
+        rescore_precision_router(champion, inputs[0], inputs[1], other, *groups)
+    with pytest.raises(ValueError, match="holds a 'causal_lm' model .* not a Layerwise"):
+        rescore_precision_router(base, *inputs, *groups)

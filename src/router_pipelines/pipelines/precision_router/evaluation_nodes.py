@@ -39,18 +39,82 @@ def evaluate_router(
         The evaluation table, the Pareto plot (perplexity against mean bits, every method) and
         the results document (per-budget comparison, router cost, headline metrics).
     """
-    from router_pipelines.data.tokenizer import token_byte_lengths
-    from router_pipelines.evaluation import evaluate_settings
-    from router_pipelines.families.precision_router.allocation import SENSITIVITIES
-    from router_pipelines.pipelines.precision_router.data import batches_of, rows_of
     from router_pipelines.pipelines.precision_router.nodes import _params
 
     params = _params(training=training_params, evaluation=evaluation_params)
-    training, config = params.training, params.evaluation
-    router = model.model
-    from router_pipelines.data.torch_dataset import TokenBlockDataset
-    from router_pipelines.pipelines.precision_router.data import row_split
+    table, results = _evaluate(
+        model, train_tokens, validation_tokens, params.training, params.evaluation
+    )
+    _log(table, results)
+    return table, pareto_figure(table), results
 
+
+def rescore_precision_router(
+    bundle: Any,
+    train_tokens: Any,
+    validation_tokens: Any,
+    tokenizer: Any,
+    training_params: dict,
+    evaluation_params: dict,
+) -> dict[str, float]:
+    """The registration's metrics (:func:`headline_metrics`) of a registered router (the
+    champion, in promotion) on this run's data, evaluated as :func:`evaluate_router` does:
+    sensitivities and prices on this run's calibration rows, budget routers trained again on
+    this run's training rows, every budget on the validation split. The random assignments and
+    speed are left out (no headline metric reads them); nothing is logged.
+
+    Raises:
+        ValueError: the bundle holds no precision router, its tokenizer is not the data's, or
+            its model has fewer positions than the evaluated rows have tokens.
+    """
+    import dataclasses
+
+    from router_pipelines.data.torch_dataset import TokenBlockDataset
+    from router_pipelines.models.precision_router import LayerwiseQuantizeForCausalLM
+    from router_pipelines.pipelines.precision_router.nodes import _params
+    from router_pipelines.promotion import check_same_tokenizer
+
+    check_same_tokenizer(bundle, tokenizer, "the precision router to re-score")
+    if not isinstance(bundle.model, LayerwiseQuantizeForCausalLM):
+        raise ValueError(
+            f"the precision router to re-score: the bundle holds a {bundle.family!r} model "
+            f"({type(bundle.model).__name__}), not a LayerwiseQuantizeForCausalLM"
+        )
+    params = _params(training=training_params, evaluation=evaluation_params)
+    training, config = params.training, params.evaluation
+    row_tokens = TokenBlockDataset(validation_tokens).seq_len
+    tokens = min(training.seq_len or row_tokens, row_tokens)
+    positions = getattr(bundle.model.config, "max_position_embeddings", None)
+    if positions is not None and positions < tokens:
+        raise ValueError(
+            f"the precision router to re-score: its model has {positions} positions, fewer "
+            f"than the {tokens} tokens per row evaluated (precision_router.training.seq_len)"
+        )
+    config = dataclasses.replace(
+        config, random_per_budget=0, speed=dataclasses.replace(config.speed, enabled=False)
+    )
+    _, results = _evaluate(bundle, train_tokens, validation_tokens, training, config)
+    return headline_metrics(results)
+
+
+def headline_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of :func:`comparison`'s results as floats: the metrics the
+    registration reports (and a promotion rule compares)."""
+    return {k: float(v) for k, v in results.get("headline", {}).items() if v is not None}
+
+
+def _evaluate(
+    bundle: Any, train_tokens: Any, validation_tokens: Any, training: Any, config: Any
+) -> tuple[Any, dict[str, Any]]:
+    """The evaluation table and results document of :func:`evaluate_router` for the parsed
+    ``training`` and ``evaluation`` configs; ``bundle``: the router and its tokenizer."""
+    from router_pipelines.data.tokenizer import token_byte_lengths
+    from router_pipelines.data.torch_dataset import TokenBlockDataset
+    from router_pipelines.evaluation import evaluate_settings
+    from router_pipelines.families.precision_router.allocation import SENSITIVITIES
+    from router_pipelines.pipelines.precision_router.data import batches_of, row_split, rows_of
+
+    router = bundle.model
     rows = len(TokenBlockDataset(train_tokens))
     train_rows, calibration_rows = row_split(
         rows, training.num_examples, config.calibration_examples, training.random_state
@@ -68,12 +132,10 @@ def evaluate_router(
         settings,
         rows_of(validation_tokens, None, training.seq_len),
         config,
-        token_bytes=token_byte_lengths(model.tokenizer),
+        token_bytes=token_byte_lengths(bundle.tokenizer),
     )
     cost = router_cost(router, calibration[0])
-    results = comparison(table, config.budgets, cost, sensitivity, router.precisions)
-    _log(table, results)
-    return table, pareto_figure(table), results
+    return table, comparison(table, config.budgets, cost, sensitivity, router.precisions)
 
 
 def build_settings(

@@ -314,9 +314,10 @@ def register_router(
     skipped = registration_skipped(config, training_summary)
     if skipped is not None:
         return skipped
+    from router_pipelines.pipelines.precision_router.evaluation_nodes import headline_metrics
     from router_pipelines.serving import register_model
 
-    headline = {k: float(v) for k, v in results.get("headline", {}).items() if v is not None}
+    headline = headline_metrics(results)
     reference = quantized_reference(
         model.metadata.get("quantized", {}).get("fingerprint"),
         params.switchable.registry_name or "switchable_lm",

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from kedro.pipeline import Node, Pipeline
 
-from router_pipelines.pipelines.precision_router.evaluation_nodes import evaluate_router
+from router_pipelines.pipelines.precision_router.evaluation_nodes import (
+    evaluate_router,
+    rescore_precision_router,
+)
 from router_pipelines.pipelines.precision_router.nodes import (
     provide_multi_precision_model,
     quantize_base_model,
@@ -77,7 +80,17 @@ def create_pipeline(
             "registration",
             name="register_router",
         ),
-        promotion_node("precision_router"),
+        promotion_node(
+            "precision_router",
+            evaluate=rescore_precision_router,
+            inputs=[
+                "train_tokens",
+                "validation_tokens",
+                "tokenizer",
+                "params:training",
+                "params:evaluation",
+            ],
+        ),
     ]
     inputs = {
         "base_model": "pretrain.model",
