@@ -50,6 +50,36 @@ def test_switchable_round_trip_through_the_registry(tmp_path, char_tokenizer):
         torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("architecture", ["gpt2", "qwen2", "llama"])
+def test_the_saved_tokenizer_comes_back_as_saved_whatever_the_architecture(
+    tmp_path, char_tokenizer, architecture
+):
+    """AutoTokenizer picks a class from config.json's model type (a qwen2 folder came back as a
+    Qwen2Tokenizer with an added unk token); the bundle reads back the class it saved."""
+    from transformers import CONFIG_MAPPING, AutoModelForCausalLM
+
+    from router_pipelines.model_source import tokenizer_digest
+
+    config = (
+        CONFIG_MAPPING[architecture](
+            vocab_size=len(char_tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+        if architecture != "gpt2"
+        else tiny_gpt2().config
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    save_bundle(ModelBundle(model, char_tokenizer, {"family": "causal_lm"}), tmp_path)
+    loaded = load_bundle(tmp_path).tokenizer
+    assert type(loaded) is type(char_tokenizer), type(loaded).__name__
+    assert loaded.unk_token == char_tokenizer.unk_token
+    assert tokenizer_digest(loaded) == tokenizer_digest(char_tokenizer)
+
+
 def test_a_folder_without_metadata_is_a_causal_lm(tmp_path, char_tokenizer):
     model = tiny_gpt2()
     model.save_pretrained(tmp_path)

@@ -79,7 +79,7 @@ def load_bundle(directory: Path, trust_remote_code: bool = False) -> ModelBundle
         ValueError: an unknown family (listing the known ones), or a metadata / config file
             that does not parse or fit, naming the file and the key.
     """
-    from transformers import AutoTokenizer
+    from router_pipelines.data.tokenizer import load_saved_tokenizer
 
     directory = Path(directory)
     meta_file = directory / BUNDLE_FILE
@@ -92,7 +92,10 @@ def load_bundle(directory: Path, trust_remote_code: bool = False) -> ModelBundle
     except ValueError as err:
         raise ValueError(f"{meta_file}: {err}") from None
     model = loader(directory, trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=trust_remote_code)
+    # The saved tokenizer class, not the one AutoTokenizer derives from config.json's model type:
+    # a qwen2 folder would come back as a Qwen2Tokenizer with an added unk token, another
+    # tokenizer than the one saved (its digest differs, and promotion refuses to re-score it).
+    tokenizer = load_saved_tokenizer(directory, trust_remote_code=trust_remote_code)
     return ModelBundle(
         model=model, tokenizer=tokenizer, metadata=metadata, source_dir=str(directory.resolve())
     )

@@ -237,3 +237,75 @@ def test_transfer_swaps_routed_blocks_into_a_local_qwen2(tmp_path, mlflow_store)
     )
     assert list(out["evaluation"]["model"]) == ["dtf", "dtf"]  # no dense row
     assert out["routing_report"]["comparison"]["note"].startswith("dense_baseline disabled")
+
+
+@pytest.mark.parametrize(
+    ("model_type", "architecture"),
+    [
+        ("mod", "llama"),
+        ("dtf", "llama"),
+        ("dtf", "qwen2"),
+    ],
+)
+def test_the_champion_rescoring_matches_the_evaluation_of_the_same_model(
+    tmp_path, mlflow_store, monkeypatch, model_type, architecture
+):
+    """promotion re-scores a routed champion with ``rescore_depth_routing``: the best model the
+    slice just evaluated, saved and loaded back as the registry does (and left in the causal
+    routing it is served with), gets the registration's headline numbers on the same
+    validation split, with nothing logged and no dense baseline; other data scores otherwise;
+    a model of another tokenizer, or one that does not route, is refused."""
+    import router_pipelines.tracking as tracking
+    from router_pipelines.models.bundle import ModelBundle, load_bundle, save_bundle
+    from router_pipelines.pipelines.depth_routing.config import HEADLINE_METRICS
+    from router_pipelines.pipelines.depth_routing.evaluation_nodes import (
+        registered_metrics,
+        rescore_depth_routing,
+    )
+
+    params = _params(tmp_path, capacity_gamma=0.25, architecture=architecture)
+    params["dense_baseline"] = {"enabled": False}
+    params["evaluation"]["speed"] = False
+    out = _run(params, model_type)
+    report = out["routing_report"]
+    registered = registered_metrics(  # what register_depth_routing reports
+        out["training_summary"], report["rows"], report["router_statistics"]
+    )
+    save_bundle(out["best_model"], tmp_path / "champion")
+    champion = load_bundle(tmp_path / "champion")
+    champion.model.set_routing_mode("causal")
+
+    def no_logging(*args, **kwargs):
+        raise AssertionError("the champion's re-scoring logged to MLflow")
+
+    monkeypatch.setattr(tracking, "log_metrics", no_logging)
+    monkeypatch.setattr(tracking, "log_table", no_logging)
+    evaluation, tokenizer = params["evaluation"], _tokenizer()
+    rescored = rescore_depth_routing(champion, _tokens(8, seed=2), tokenizer, evaluation)
+    assert list(rescored) == list(HEADLINE_METRICS)
+    assert rescored == pytest.approx(registered, rel=1e-6)
+    assert champion.model.routing_mode == "causal"  # left as it was served
+    other = rescore_depth_routing(champion, _tokens(8, seed=3), tokenizer, evaluation)
+    assert other["flops_per_token"] == rescored["flops_per_token"]  # analytic: the model's
+    assert other["validation_bits_per_byte"] != pytest.approx(
+        rescored["validation_bits_per_byte"], rel=1e-6
+    )
+
+    promote = next(
+        n for n in create_pipeline(model_type).nodes if n.name.endswith("promote_champion")
+    )
+    assert promote.inputs[3:] == [
+        "validation_tokens",
+        "tokenizer",
+        "params:depth_routing.evaluation",
+    ]
+
+    vocab = {f"t{i}": i for i in range(VOCAB + 1)}
+    retrained = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")), pad_token="t0"
+    )
+    with pytest.raises(ValueError, match=r"its tokenizer \(64 tokens\) is not the data's"):
+        rescore_depth_routing(champion, _tokens(8, seed=2), retrained, evaluation)
+    dense = ModelBundle(model=champion.model.model, tokenizer=tokenizer, metadata={})
+    with pytest.raises(ValueError, match="family 'causal_lm' .* not a 'depth_routing'"):
+        rescore_depth_routing(dense, _tokens(8, seed=2), tokenizer, evaluation)

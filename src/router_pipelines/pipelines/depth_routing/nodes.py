@@ -1,5 +1,5 @@
-"""Nodes of the ``depth_routing`` namespace (seed 003): train MoD / DTF and the dense baseline
-on the same data and steps, evaluate them side by side, register the routed model.
+"""Training nodes of the ``depth_routing`` namespace (seed 003): train MoD / DTF and the dense
+baseline on the same data and steps (evaluation and registration: :mod:`.evaluation_nodes`).
 
 Heavy libraries are imported inside the nodes, so listing or validating pipelines stays fast.
 """
@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from router_pipelines.model_source import (
-    FINGERPRINT_TAG,
     IDENTITY_KEY,
     ModelIdentity,
     decide_source,
@@ -24,7 +23,6 @@ from router_pipelines.model_source import (
 )
 from router_pipelines.pipelines.common import (
     history_figure,
-    registration_skipped,
     reused_summary,
     thin_history,
     trained_summary,
@@ -276,129 +274,6 @@ def train_dense_baseline(
     return ModelBundle(model=model, tokenizer=tokenizer, metadata=metadata), summary
 
 
-def evaluate_depth_routing(
-    best_model: Any,
-    dense_model: Any,
-    training_summary: dict[str, Any],
-    dense_summary: dict[str, Any],
-    validation_tokens: Any,
-    evaluation_params: dict[str, Any],
-) -> tuple[Any, dict[str, Any]]:
-    """Side by side: dense vs routed (top-k, teacher-forced) vs routed (causal, what
-    generation does): validation loss, bits per byte, analytic FLOPs per token, measured
-    train-step time and generation tokens/s; the router statistics; the comparison at equal
-    steps and at equal training FLOPs.
-
-    Returns:
-        The evaluation table (one row per model and routing) and the routing report.
-    """
-    import pandas as pd
-
-    from router_pipelines.data.torch_dataset import TokenBlockDataset
-    from router_pipelines.families.depth_routing import (
-        flops_per_token,
-        measure_speed,
-        routing_statistics,
-    )
-    from router_pipelines.tracking import log_metrics
-
-    config = parse_depth_routing_params({"evaluation": evaluation_params}).evaluation
-    routed = best_model.model
-    tokenizer = best_model.tokenizer
-    seq_len = int(validation_tokens.seq_len)
-    vocab = routed.config.vocab_size
-    dataset = TokenBlockDataset(validation_tokens)
-    rows = []
-    candidates = [("dense", "dense", getattr(dense_model, "model", None))]
-    candidates += [(routed.routing_config.model_type, "topk", routed)]
-    candidates += [(routed.routing_config.model_type, "causal", routed)]
-    for name, routing, model in candidates:
-        if model is None:
-            continue
-        row: dict[str, Any] = {"model": name, "routing": routing}
-        if routing == "dense":
-            flops = flops_per_token(model.config, None, seq_len)
-            row.update(_quality(model, validation_tokens, tokenizer, config))
-        else:
-            flops = flops_per_token(model.config, model.routing_config, seq_len)
-            with model.routing_mode_as(routing):
-                row.update(_quality(model, validation_tokens, tokenizer, config))
-        row.update({f"flops_{k}": v for k, v in flops.items()})
-        if config.speed and routing != "causal":  # generation always routes causally
-            row.update(
-                measure_speed(
-                    model,
-                    vocab,
-                    seq_len,
-                    config.speed_batch_size,
-                    config.speed_iters,
-                    config.decode_tokens,
-                )
-            )
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    stats = routing_statistics(routed, dataset, config.batch_size, config.max_batches)
-    report = {
-        "model_type": routed.routing_config.model_type,
-        "capacity_gamma": routed.routing_config.capacity_gamma,
-        "seq_len": seq_len,
-        "router_statistics": stats,
-        "rows": rows,
-        "comparison": _comparison(rows, training_summary, dense_summary),
-    }
-    log_metrics(
-        {
-            "predictor_accuracy": stats["predictor_accuracy"],
-            "causal_share": stats["causal_share"],
-            **{k: v for k, v in report["comparison"].items() if isinstance(v, float)},
-        }
-    )
-    return table, report
-
-
-def register_depth_routing(
-    best_model: Any,
-    training_summary: dict[str, Any],
-    routing_report: dict[str, Any],
-    register_params: dict[str, Any],
-) -> dict[str, Any]:
-    """Register the best routed model trained in this run as ``mod_lm`` / ``dtf_lm`` (debug:
-    ``*_debug``), its pyfunc generating causally; headline metrics as version tags."""
-    from router_pipelines.serving import register_model
-
-    config = parse_depth_routing_params({"register": register_params}).register
-    kind = training_summary["model_type"]
-    register = config.for_type(kind)
-    skipped = registration_skipped(register, training_summary)
-    if skipped is not None:
-        return skipped
-    causal = next(r for r in routing_report["rows"] if r["routing"] == "causal")
-    stats = routing_report["router_statistics"]
-    metrics = {
-        "validation_loss": training_summary["validation_loss"],
-        "validation_bits_per_byte": training_summary["validation_bits_per_byte"],
-        "causal_validation_loss": causal["validation_loss"],
-        "predictor_accuracy": stats["predictor_accuracy"],
-        "flops_per_token": causal["flops_total"],
-        "routed_share": stats["causal_share"],
-    }
-    tags = {  # register_model adds the headline metrics as tags and links them to the model
-        "model_type": kind,
-        "capacity_gamma": training_summary["capacity_gamma"],
-        FINGERPRINT_TAG: training_summary["fingerprint"],
-    }
-    info = register_model(
-        best_model,
-        register.name,
-        wrapper=FAMILY,
-        tags=tags,
-        description=register.description,
-        metrics=metrics,
-        step=training_summary.get("global_step"),
-    )
-    return {"registered": True, **info, "metrics": metrics}
-
-
 def _groups(values: tuple[Any, ...]) -> dict[str, Any]:
     names = (
         "model_type",
@@ -438,53 +313,7 @@ def _validation(model: Any, validation_tokens: Any, tokenizer: Any, params: Any)
     )
 
 
-def _quality(model: Any, validation_tokens: Any, tokenizer: Any, config: Any) -> dict:
-    return validation_report(
-        model, validation_tokens, tokenizer, config.batch_size, config.max_batches
-    )
-
-
 def _bundle(model: Any, tokenizer: Any, metadata: dict[str, Any], which: str) -> Any:
     from router_pipelines.models.bundle import ModelBundle
 
     return ModelBundle(model=model, tokenizer=tokenizer, metadata={**metadata, "which": which})
-
-
-def _comparison(
-    rows: list[dict[str, Any]], routed: dict[str, Any], dense: dict[str, Any]
-) -> dict[str, Any]:
-    """Routed vs dense at equal steps (validation loss ratio, step-time ratio, FLOPs ratio)
-    and at equal training FLOPs (the dense eval loss at the step where its training FLOPs
-    equal the routed run's, interpolated in its eval history)."""
-    by = {(r["model"], r["routing"]): r for r in rows}
-    dense_row = by.get(("dense", "dense"))
-    kind = routed["model_type"]
-    topk, causal = by[(kind, "topk")], by[(kind, "causal")]
-    out: dict[str, Any] = {"steps": routed["global_step"]}
-    if dense_row is None:
-        return out | {"note": "dense_baseline disabled: no comparison"}
-    out["loss_ratio_equal_steps"] = topk["validation_loss"] / dense_row["validation_loss"]
-    out["causal_loss_ratio_equal_steps"] = causal["validation_loss"] / dense_row["validation_loss"]
-    out["flops_ratio_blocks"] = topk["flops_blocks"] / dense_row["flops_blocks"]
-    out["flops_ratio_total"] = topk["flops_total"] / dense_row["flops_total"]
-    if "train_step_s" in topk and "train_step_s" in dense_row:
-        out["step_time_ratio"] = topk["train_step_s"] / dense_row["train_step_s"]
-        out["generate_speedup"] = topk["generate_tokens_per_s"] / dense_row["generate_tokens_per_s"]
-    history = [tuple(p) for p in (dense.get("history") or {}).get("eval_loss", [])]
-    equal_step = routed["global_step"] * out["flops_ratio_total"]
-    out["dense_step_at_equal_flops"] = equal_step
-    out["dense_eval_loss_at_equal_flops"] = _interpolate(history, equal_step)
-    out["routed_eval_loss"] = routed.get("best_eval_loss")
-    return out
-
-
-def _interpolate(points: list[tuple[float, float]], step: float) -> float | None:
-    if not points:
-        return None
-    points = sorted(points)
-    if step <= points[0][0]:
-        return None  # before the first evaluation: not measured
-    for (s0, v0), (s1, v1) in zip(points, points[1:], strict=False):
-        if s0 <= step <= s1:
-            return float(v0 + (v1 - v0) * (step - s0) / (s1 - s0))
-    return float(points[-1][1])

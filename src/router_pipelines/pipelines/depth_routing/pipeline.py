@@ -11,12 +11,12 @@ from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
-from router_pipelines.pipelines.depth_routing.nodes import (
+from router_pipelines.pipelines.depth_routing.evaluation_nodes import (
     evaluate_depth_routing,
     register_depth_routing,
-    train_dense_baseline,
-    train_routed_model,
+    rescore_depth_routing,
 )
+from router_pipelines.pipelines.depth_routing.nodes import train_dense_baseline, train_routed_model
 from router_pipelines.promotion import DATA_REPORT, promotion_node
 
 GROUPS = [
@@ -81,7 +81,12 @@ def create_pipeline(model_type: str | None = None, **kwargs) -> Pipeline:
             "registration",
             name="register_depth_routing",
         ),
-        promotion_node("depth_routing"),
+        # a champion measured on other held-out data is scored again on this run's validation
+        promotion_node(
+            "depth_routing",
+            evaluate=rescore_depth_routing,
+            inputs=["validation_tokens", "tokenizer", "params:evaluation"],
+        ),
     ]
     return Pipeline(
         nodes,
