@@ -50,17 +50,12 @@ from router_pipelines.pipelines.memory.config import parse_memory_params
 from router_pipelines.pipelines.memory.nodes import tokenize_chat_corpus
 from router_pipelines.pipelines.memory.training import build_memory_model, train_memory_model
 from router_pipelines.pipelines.pretrain.nodes import train_base_model
+from router_pipelines.training.config import NOTHING_SAVED
 
 NAME = "memory"
 CONF = common.PROJECT_ROOT / "conf" / "base"
 LORA_TARGETS = ["c_attn", "c_proj", "c_fc"]
-NO_SAVING = {
-    "save_steps": None,
-    "save_at_end": False,
-    "save_best_model": False,
-    "load_best_model_at_end": False,
-    "progress_bar": False,
-}
+NO_SAVING = NOTHING_SAVED  # nothing written; each training below sets its own eval_steps
 
 
 def load_params(name: str) -> dict[str, Any]:

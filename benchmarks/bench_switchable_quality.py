@@ -56,20 +56,14 @@ from router_pipelines.pipelines.data_processing.nodes import (
 )
 from router_pipelines.pipelines.pretrain.nodes import train_base_model
 from router_pipelines.pipelines.switchable.nodes import train_switchable
+from router_pipelines.training.config import NOTHING_SAVED
 
 NAME = "switchable_quality"
 CONF = common.PROJECT_ROOT / "conf" / "base"
 SAVED_BASES = common.PROJECT_ROOT / "data" / "06_models" / "pretrain"
 TARGET_VS_SEPARATE = {8: 1.03, 4: 1.03, 2: 1.10}  # max switchable / separate perplexity
 TARGET_8BIT_VS_TEACHER = 1.01
-NO_SAVING = {  # the benchmark evaluates the final weights itself; nothing is written
-    "eval_steps": None,
-    "save_steps": None,
-    "save_at_end": False,
-    "save_best_model": False,
-    "load_best_model_at_end": False,
-    "progress_bar": False,
-}
+NO_SAVING = NOTHING_SAVED  # the benchmark evaluates the final weights itself; nothing is written
 
 
 def load_params(name: str) -> dict[str, Any]:
