@@ -262,15 +262,13 @@ class RunTags:
     def __init__(self) -> None:
         self._env: str | None = None
         self._project_path: Any = None
-        self._catalog_config: Any = None
+        self._context: Any = None
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
-        from router_pipelines.freshness import catalog_config
-
         self._env = context.env
         self._project_path = context.project_path
-        self._catalog_config = catalog_config(context)
+        self._context = context  # its catalog configuration is read once a run is open
 
     @hook_impl(trylast=True)  # after kedro-mlflow opened its run
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -283,7 +281,7 @@ class RunTags:
         run = mlflow.active_run()
         if run is None:
             return
-        from router_pipelines.freshness import config_fingerprint
+        from router_pipelines.freshness import catalog_config, config_fingerprint
         from router_pipelines.terminal import main_parameters, user_namespaces
         from router_pipelines.tracking import (
             catalog_fingerprint,
@@ -318,7 +316,7 @@ class RunTags:
             "data_fingerprint": raw_data_fingerprint(parameters.get("data"), self._project_path),
             "data_sets_fingerprint": data_sets_fingerprint(parameters, self._project_path),
             "config_fingerprint": config_fingerprint(parameters),
-            "catalog_fingerprint": catalog_fingerprint(self._catalog_config),
+            "catalog_fingerprint": catalog_fingerprint(catalog_config(self._context)),
             "kedro_command": kedro_command(run_params, env),
             "runner": _runner_name(runner),
         }
