@@ -61,15 +61,12 @@ class TokenBlocksDataset(AbstractDataset):
                 "store folder; only a stored split (the token cache's) can be saved by "
                 "reference. Remove this catalog entry to pass it in memory."
             )
-        folder = Path(data.path)
-        with_cwd = folder.resolve()
-        try:  # relative to the project when inside it: a moved clone keeps its references
-            shown = with_cwd.relative_to(Path.cwd().resolve())
-        except ValueError:
-            shown = with_cwd
+        folder, project = Path(data.path).resolve(), Path.cwd().resolve()
+        if folder.is_relative_to(project):  # a moved clone keeps its references
+            folder = folder.relative_to(project)
         reference = {
             "format": REFERENCE_FORMAT,
-            "path": shown.as_posix(),
+            "path": folder.as_posix(),
             "fingerprint": data.fingerprint,
             "split": data.split,
             "rows": len(data),
@@ -107,10 +104,13 @@ class TokenBlocksDataset(AbstractDataset):
             "rows": len(blocks),
             "seq_len": blocks.seq_len,
         }
-        changed = {key: (reference[key], value) for key, value in found.items()}
-        changed = {key: pair for key, pair in changed.items() if pair[0] != pair[1]}
+        changed = [
+            f"{key} {reference[key]!r} -> {value!r}"
+            for key, value in found.items()
+            if reference[key] != value
+        ]
         if changed:
-            what = ", ".join(f"{key} {then!r} -> {now!r}" for key, (then, now) in changed.items())
+            what = ", ".join(changed)
             raise DatasetError(
                 f"{self._filepath}: the token store {folder} is not the one saved ({what}); {rerun}"
             )
