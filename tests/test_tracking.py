@@ -78,3 +78,23 @@ def test_loss_curve_figure_is_not_left_open_in_pyplot():
     before = plt.get_fignums()
     loss_curve_figure({"train_loss": [(0, 1.0)]}, "t")
     assert plt.get_fignums() == before
+
+
+class _Echo(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_a_metric_is_not_linked_to_a_model_logged_at_the_same_step(mlflow_store):
+    """MLflow 3 links a fluent metric to every model the run logged at that step; a later
+    family's training metric must not land on an earlier family's registered model."""
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(
+            name="base", python_model=_Echo(), step=30, pip_requirements=[]
+        )
+        with metric_namespace("query_router"):
+            metric_logger()({"train_loss": 3.0}, 30)
+    client = mlflow.MlflowClient()
+    assert {m.key for m in client.get_logged_model(info.model_id).metrics or []} == set()
+    history = client.get_metric_history(run.info.run_id, "query_router/train_loss")
+    assert [(m.step, m.value) for m in history] == [(30, 3.0)]

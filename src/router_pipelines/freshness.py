@@ -151,7 +151,7 @@ def registered_models(
     """The registered models the pipelines end with: what a retrain of them is for.
 
     A registration node is one with a ``<namespace>.registration`` output. One whose model
-    feeds another registration of the same pipeline (the base LM under the switchable model,
+    (the node's inputs of its own namespace) feeds another registration of the same pipeline (the base LM under the switchable model,
     the switchable model under a router) is left out: it is reused when compatible, and a
     reused model is not registered again, so its champion may be older than a fresh
     downstream model; the downstream model's run already carries the same data, code and
@@ -172,7 +172,14 @@ def registered_models(
         ]
         upstream = {node.name: pipeline.to_nodes(node.name).datasets() for node in registrations}
         for node in registrations:
-            model_inputs = {source for source in node.inputs if not source.startswith("params:")}
+            # its own family's datasets (the model it registers and its documents), not what
+            # it reads from upstream: a router's registration reads the switchable model too
+            own = f"{node.namespace}." if node.namespace else ""
+            model_inputs = {
+                source
+                for source in node.inputs
+                if not source.startswith("params:") and source.startswith(own)
+            }
             feeds_another = any(
                 other is not node and model_inputs & upstream[other.name] for other in registrations
             )

@@ -20,8 +20,11 @@ work cheap.
 - ``mod`` / ``dtf`` / ``depth_routing``: Mixture-of-Depths or the Dynamic Transformer (from
   scratch or by transfer) beside a dense baseline trained by the same engine →
   ``mod_lm`` / ``dtf_lm``; ``depth_routing`` reads ``depth_routing.model_type``.
-- ``__default__``: data → train the base LM → the switchable family on it. The routers run by
-  name for now: their base-size runs do not fit the default run's time yet (README).
+- ``__default__``: the project's main story: data → train the base LM → the switchable family
+  on it → the two routers that use that switchable model: per layer (``precision_router``,
+  registered after and referencing the ``switchable_lm`` version this run made) and per query
+  (``query_router``, its router fine-tuned from this run's base LM). About 13–20 minutes on 2
+  cores (README). MoD/DTF and the memory adapter run by name.
 
 A family that starts from another family's model includes that family's pipeline built with
 ``create_pipeline(source="<its params key>")``: the provider node then reuses a compatible
@@ -56,7 +59,11 @@ def register_pipelines() -> dict[str, Pipeline]:
         "data_processing": data,
         "pretrain": data + trained_base,
         "switchable": data + provided_base + switchable.create_pipeline(),
-        "__default__": data + trained_base + switchable.create_pipeline(),
+        "__default__": data
+        + trained_base
+        + switchable.create_pipeline()
+        + precision_router.create_pipeline(switchable_registered=True)
+        + query_router.create_pipeline(),
         "precision_router": data
         + provided_base
         + provided_switchable("precision_router.switchable")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import textwrap
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +56,15 @@ NOISE: tuple[Noise, ...] = (
         "project validates its parameters itself (validation.py) before any node runs.",
         logger="kedro.validation.type_extractor",
     ),
+    Noise(
+        "Kedro warns when a versioned dataset's load version differs from the version it was "
+        "saved at. The project's model and tokenizer datasets do that on purpose: a model "
+        "reused unchanged (or a tokenizer identical to the newest) is not written again, and "
+        "the dataset adopts the existing version so later nodes read exactly it "
+        "(datasets/pretrained.py). Only warnings about these datasets are dropped.",
+        message=r"Save version '[^']*' did not match load version '[^']*' for "
+        r"router_pipelines\.datasets\.",
+    ),
 )
 
 # Progress bars of downloads and artifact copies drawn next to the training bar; the project
@@ -79,6 +89,7 @@ def quiet_library_noise() -> None:
     captured = logging.getLogger("py.warnings")
     if not any(isinstance(f, _DropNoise) for f in captured.filters):
         captured.addFilter(_DropNoise())
+    for noise in NOISE:
         if noise.logger is not None:
             # A filter, not a level: Kedro's logging.config.dictConfig resets the levels of
             # the "kedro.*" child loggers it configures, but keeps their filters.
@@ -320,7 +331,8 @@ def print_summary(results: Mapping[str, Mapping[str, Any]], run: tuple[str, str]
             shown = ", ".join(f"{k}={v:.4g}" for k, v in list(metrics.items())[:4])
             alias = promotion.get("alias") or "-"
             if promotion and not promotion.get("promoted") and promotion.get("reason"):
-                alias += f" ({promotion['reason'][:60]})"
+                # cut at a word boundary: the whole reason is in promotion.json and the tag
+                alias += f" ({textwrap.shorten(promotion['reason'], 60, placeholder=' …')})"
             table.add_row(
                 namespace,
                 str(registration.get("name")),
@@ -330,7 +342,9 @@ def print_summary(results: Mapping[str, Mapping[str, Any]], run: tuple[str, str]
             )
         else:
             reason = registration.get("reason", "not registered")
-            table.add_row(namespace, "-", "-", "-", str(reason)[:80])
+            table.add_row(
+                namespace, "-", "-", "-", textwrap.shorten(str(reason), 80, placeholder=" …")
+            )
     console = _console()
     if results:
         console.print(table)

@@ -60,8 +60,17 @@ def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
 
     if mlflow.active_run() is None:
         return
+    from mlflow.entities import Metric
+    from mlflow.utils.time import get_current_time_millis
+
     prefix = metric_prefix()
-    mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items()}, step=step)
+    now = get_current_time_millis()
+    entries = [Metric(f"{prefix}{k}", float(v), now, step or 0) for k, v in metrics.items()]
+    # The client's log_batch, not mlflow.log_metrics: the fluent call links a metric to every
+    # model the run logged at the same step (MLflow 3), so in a default run a router's loss at
+    # step 30 showed on the page of the base model registered at step 30. Only registration
+    # links metrics to a model (serving/registration.py, with its model_id).
+    mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=entries)
 
 
 def metric_logger(prefix: str = "") -> Callable[[Mapping[str, float], int], None]:

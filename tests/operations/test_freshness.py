@@ -46,12 +46,15 @@ def project():
 
 def test_a_pipeline_is_judged_by_the_models_it_ends_with(project):
     """The base LM under the switchable model (reused, so not registered again) does not
-    decide; the switchable model does. A router's switchable model neither."""
+    decide; the switchable model does. A router's switchable model neither, so the default
+    run (base → switchable → both routers) is judged by its routers."""
     pipelines, parameters = project
     assert registered_models(["pretrain"], pipelines, parameters) == ["base_lm_debug"]
-    for name in ("__default__", "switchable"):
-        assert registered_models([name], pipelines, parameters) == ["switchable_lm_debug"]
+    assert registered_models(["switchable"], pipelines, parameters) == ["switchable_lm_debug"]
     router = parameters["query_router"]["register"]
+    assert sorted(registered_models(["__default__"], pipelines, parameters)) == sorted(
+        [parameters["precision_router"]["register"]["name"], router["name"], router["routed_name"]]
+    )
     assert registered_models(["query_router"], pipelines, parameters) == [
         router["name"],
         router["routed_name"],

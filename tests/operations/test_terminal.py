@@ -20,7 +20,8 @@ NOISE_TEXTS = (
     "Could not extract type hints",  # filtered: Kedro's validator on lazy type hints
     "must be `None` or an integer within the vocabulary",  # fixed: presets pass the token ids
     "Downloading artifacts",  # MLflow's artifact bar: off
-    "is made from a 'partial' function",  # fixed: promotion node named
+    "is made from a 'partial' function",  # fixed: promotion and provider nodes named
+    "did not match load version",  # filtered for our model datasets: a reused version
 )
 
 
@@ -71,13 +72,36 @@ def test_noise_filters_drop_captured_warnings_and_keep_others(monkeypatch):
         for text in (
             "\x1b[33mAdd type hints to the `predict` method ...",
             "register_new_resolver() is deprecated and will be removed",
+            "Save version '2026-12-02T17.03.43.621Z' did not match load version "
+            "'2026-12-02T16.47.47.366Z' for router_pipelines.datasets.pretrained."
+            "PretrainedModelDataset(path='data/06_models/switchable')",
             "a real problem",
+            "Save version 'a' did not match load version 'b' for "
+            "kedro_datasets.pandas.ParquetDataset(filepath='x.parquet')",
         ):
             captured.warning("%s", warnings.formatwarning(text, UserWarning, "lib.py", 1))
     finally:
         captured.removeHandler(handler)
     messages = [record.getMessage() for record in records]
-    assert len(messages) == 1 and "a real problem" in messages[0], messages
+    # kept: a real problem, and a version mismatch of a dataset that is not the project's
+    assert len(messages) == 2, messages
+    assert "a real problem" in messages[0] and "ParquetDataset" in messages[1], messages
+
+
+def test_every_noisy_logger_is_quietened_wherever_it_is_listed(monkeypatch):
+    """Each logger entry of NOISE gets its filter, not only one listed last."""
+    monkeypatch.setattr(
+        terminal, "NOISE", (*terminal.NOISE, terminal.Noise("a warning", message="zzz"))
+    )
+    target = logging.getLogger("kedro.validation.type_extractor")
+    monkeypatch.setattr(target, "filters", [])
+    terminal.quiet_library_noise()
+    record = target.makeRecord(
+        target.name, logging.WARNING, "x.py", 1, "Could not extract", (), None
+    )
+    assert target.filters and not target.filter(record)
+    error = target.makeRecord(target.name, logging.ERROR, "x.py", 1, "broken", (), None)
+    assert target.filter(error)
 
 
 def test_log_lines_are_written_through_tqdm(monkeypatch):

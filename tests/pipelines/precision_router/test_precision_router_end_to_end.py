@@ -59,7 +59,8 @@ def test_run_trains_evaluates_and_registers_the_router(finished_run):
     run = client.get_run(registration["run_id"])
     steps = client.get_metric_history(run.info.run_id, "precision_router/train_avg_precision")
     assert [m.step for m in steps] == list(range(1, 9))  # logged every step
-    assert "precision_router/eval/router_b3/mean_bits" in run.data.metrics
+    assert "precision_router/headline/router_b3_mean_bits" in run.data.metrics
+    assert not [m for m in run.data.metrics if "/eval/" in m], "rows are the table, not metrics"
     # the first registered version is promoted (promotion.rules.precision_router)
     promotion = json.loads((root / REPORTS / "promotion.json").read_text())
     assert promotion["promoted"] and promotion["alias"] == "champion", promotion

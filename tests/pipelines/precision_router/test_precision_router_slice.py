@@ -210,7 +210,8 @@ def test_the_champion_rescoring_matches_the_evaluation_of_the_same_model(tmp_pat
     params["quantized"]["source"] = "ptq"
     params["evaluation"].update(budget_routers=True, budget_router_steps=2)
     out = _run(params)
-    assert "eval/router_b3/perplexity" in logged, "the evaluation node logs its numbers"
+    assert "headline/router_b3_perplexity" in logged, "the evaluation node logs its headline"
+    assert not [m for m in logged if m.startswith("eval/")], "rows are the table, not metrics"
     registered = headline_metrics(out["router_results"])  # register_router's ``metrics``
     save_bundle(out["model"], tmp_path / "champion")
     champion = load_bundle(tmp_path / "champion")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
+from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
@@ -35,7 +35,8 @@ def create_pipeline(source: str | None = None, **kwargs) -> Pipeline:
         )
     else:
         provide = Node(
-            func=partial(train_base_model, source_key=source),
+            # update_wrapper: the node keeps the function's name (Kedro warns without one)
+            func=update_wrapper(partial(train_base_model, source_key=source), train_base_model),
             inputs=[*inputs, *PARAMETERS, f"params:{source}"],
             outputs=["model", "training_summary", "loss_curve", "resolved_config"],
             name="provide_base_model",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import partial
+from functools import partial, update_wrapper
 
 from kedro.pipeline import Node, Pipeline
 
@@ -37,7 +37,8 @@ def create_pipeline(source: str | None = None, **kwargs) -> Pipeline:
         provide = Node(train_switchable, [*inputs, *PARAMETERS], outputs, name="train_switchable")
     else:
         provide = Node(
-            partial(train_switchable, source_key=source),
+            # update_wrapper: the node keeps the function's name (Kedro warns without one)
+            update_wrapper(partial(train_switchable, source_key=source), train_switchable),
             [*inputs, *PARAMETERS, f"params:{source}"],
             outputs,
             name="provide_switchable_model",

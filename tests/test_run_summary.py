@@ -1,0 +1,56 @@
+"""The end-of-run summary table (``terminal.print_summary``): long reasons are cut at a word."""
+
+from __future__ import annotations
+
+import pytest
+
+from router_pipelines import terminal
+from router_pipelines.terminal import print_summary
+
+MLFLOW_REASON = (
+    "Metric router_b3_perplexity minimum relative change check failed: candidate model "
+    "router_b3_perplexity = 286.56746860992547, baseline model router_b3_perplexity = "
+    "286.56746860992547, router_b3_perplexity minimum relative change threshold = 0.01."
+)
+
+
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    """A console wide enough that no cell wraps: one table row per line."""
+    from rich.console import Console
+
+    monkeypatch.setattr(terminal, "_console", lambda: Console(highlight=False, width=400))
+
+
+def _cells(capsys) -> list[str]:
+    return [
+        part.strip()
+        for line in capsys.readouterr().out.splitlines()
+        for part in line.split("│")
+        if part.strip()
+    ]
+
+
+def test_a_challengers_reason_is_cut_between_words(capsys):
+    results = {
+        "precision_router": {
+            "registration": {
+                "registered": True,
+                "name": "precision_router",
+                "version": "2",
+                "metrics": {"router_b3_perplexity": 286.567},
+            },
+            "promotion": {"promoted": False, "alias": "challenger", "reason": MLFLOW_REASON},
+        }
+    }
+    print_summary(results, None)
+    cells = _cells(capsys)
+    # at most 60 characters of the reason, ending on a whole word (the old [:60] left "check f)")
+    assert "challenger (Metric router_b3_perplexity minimum relative change check …)" in cells
+    assert "router_b3_perplexity=286.6" in cells
+
+
+def test_an_unregistered_familys_reason_is_cut_between_words(capsys):
+    reason = "not trained in this run (catalog: " + "/very/long" * 12 + "/router)"
+    print_summary({"query_router": {"registration": {"registered": False, "reason": reason}}}, None)
+    assert "not trained in this run (catalog: …" in _cells(capsys)
