@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> None:
             if lowest / fp > 1.05
             else "costs little; budgets differ only slightly."
         ),
-        f"Trained router (`router`): {args.granularity} routing, train_router for "
+        f"Trained router (`router`): {args.granularity} routing"
+        f"{' with the delta feature' if args.delta_feature else ''}, train_router for "
         f"{runs[0][2]['global_step']} steps ({args.epochs} epochs x {args.num_examples} examples, "
         f"lr {args.learning_rate}, seq_len {args.seq_len}), weight_ce 0.7, weight_precision 0.3, "
         "one router for every budget, moved along its trade-off by the calibrated price.",
@@ -184,6 +185,7 @@ def run(args: argparse.Namespace) -> None:
             "widths": args.widths,
             "budgets": args.budgets,
             "granularity": args.granularity,
+            "delta_feature": args.delta_feature,
             "num_examples": args.num_examples,
             "epochs": args.epochs,
             "learning_rate": args.learning_rate,
@@ -235,7 +237,12 @@ def one_seed(
         budget_router_learning_rate=args.budget_router_lr,
         static_init_margin=args.static_init_margin,
     )
-    router_cfg = dict(router_params["router"], granularity=args.granularity, seed=seed)
+    router_cfg = dict(
+        router_params["router"],
+        granularity=args.granularity,
+        seed=seed,
+        delta_feature=args.delta_feature,
+    )
     train_start = time.perf_counter()
     model, summary, _, history = train_router(
         multi, train_tokens, validation_tokens, router_cfg, training, evaluation
@@ -304,6 +311,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--widths", type=int, nargs="+", default=[2, 3, 4, 6, 8])
     parser.add_argument("--budgets", type=float, nargs="+", default=[3.0, 4.0, 5.0, 6.0])
     parser.add_argument("--granularity", default="token", choices=["sequence", "token"])
+    parser.add_argument(
+        "--delta-feature",
+        action="store_true",
+        help="router feature: DP-LLM's low-rank estimate of each layer's output change",
+    )
     parser.add_argument("--num-examples", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=3e-3)

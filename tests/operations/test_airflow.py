@@ -260,6 +260,10 @@ def test_tasks_share_data_only_through_persisted_datasets(airflow_project, dagba
         "switchable.train_switchable",
         "switchable.evaluate_bit_configurations",
         "switchable.promote_champion",
+        "precision_router.train_router",
+        "precision_router.promote_champion",
+        "query_router.train_router",
+        "query_router.promote_champion",
     ]
     assert len({task_of[stage] for stage in stages}) == len(stages), task_of
 
