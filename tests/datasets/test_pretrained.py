@@ -5,7 +5,12 @@ import pytest
 import torch
 from kedro.io.core import DatasetError, Version
 
-from router_pipelines.datasets import PretrainedModelDataset, PretrainedTokenizerDataset
+from router_pipelines.datasets import (
+    ModelVersionsDataset,
+    OptionalModelDataset,
+    PretrainedModelDataset,
+    PretrainedTokenizerDataset,
+)
 
 
 def test_versioned_model_dataset_never_overwrites_and_loads_newest(tmp_path, bundle):
@@ -140,7 +145,10 @@ def test_model_and_tokenizer_previews_read_json_files_only(tmp_path, bundle):
 
     from kedro.io.core import Version
 
-    from router_pipelines.datasets import PretrainedModelDataset, PretrainedTokenizerDataset
+    from router_pipelines.datasets import (
+        PretrainedModelDataset,
+        PretrainedTokenizerDataset,
+    )
 
     models = PretrainedModelDataset(str(tmp_path / "lm"), version=Version(None, None))
     assert models.preview() is None, "not saved yet"
@@ -162,3 +170,25 @@ def test_model_and_tokenizer_previews_read_json_files_only(tmp_path, bundle):
     shown = json.loads(tokenizers.preview())
     assert shown["vocab_size"] == len(bundle.tokenizer.get_vocab())
     assert "tokenizer_config.json" in shown["files"] and shown["version"] is None, "unversioned"
+
+
+def test_a_skipped_model_is_saved_as_a_version_and_never_loads_an_older_model(tmp_path, bundle):
+    path = tmp_path / "dense"
+    OptionalModelDataset(str(path), version=Version(None, None)).save(bundle)
+    time.sleep(0.01)  # versions are timestamps
+    OptionalModelDataset(str(path), version=Version(None, None)).save({"enabled": False})
+    assert len(list(path.iterdir())) == 2
+    assert OptionalModelDataset(str(path), version=Version(None, None)).load() == {"enabled": False}
+    # the store of saved models lists only the version that holds a model
+    assert len(ModelVersionsDataset(str(path)).load().versions()) == 1
+    time.sleep(0.01)
+    OptionalModelDataset(str(path), version=Version(None, None)).save(bundle)
+    loaded = OptionalModelDataset(str(path), version=Version(None, None)).load()
+    assert loaded.metadata == {"family": "causal_lm", "note": "x"}
+
+
+def test_an_optional_model_refuses_a_dict_that_is_not_a_skip(tmp_path):
+    dataset = OptionalModelDataset(str(tmp_path / "dense"), version=Version(None, None))
+    with pytest.raises(DatasetError, match=r"dense: expected a model bundle or a skip marker"):
+        dataset.save({"enabled": True})
+    assert not (tmp_path / "dense").exists() or not list((tmp_path / "dense").iterdir())

@@ -1,7 +1,8 @@
 """Kedro datasets of the project.
 
 * :class:`PretrainedModelDataset`, :class:`PretrainedTokenizerDataset` — ``save_pretrained``
-  folders (optionally versioned), written atomically.
+  folders (optionally versioned), written atomically; :class:`OptionalModelDataset` also
+  saves a skipped model (``{"enabled": False}``) as a version of its own.
 * :class:`ModelVersionsDataset` — every saved version of a model, read lazily (read-only).
 * :class:`ModelRegistryDataset` — the MLflow Model Registry, read without unpickling (read-only).
 * :class:`TokenBlocksDataset` — a token split saved as a reference to its token-cache store
@@ -26,6 +27,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "ModelRegistryDataset": "registry",
         "ModelStore": "model_store",
         "ModelVersionsDataset": "model_store",
+        "OptionalModelDataset": "pretrained",
         "PretrainedModelDataset": "pretrained",
         "PretrainedTokenizerDataset": "pretrained",
         "RegisteredModelVersion": "registry",

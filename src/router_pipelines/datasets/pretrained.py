@@ -242,3 +242,54 @@ class PretrainedModelDataset(AbstractVersionedDataset):
             architecture=architecture,
             training=metadata.get("training") or {},
         )
+
+
+DISABLED_FILE = "disabled.json"
+
+
+class OptionalModelDataset(PretrainedModelDataset):
+    """A :class:`PretrainedModelDataset` for a model a run may skip (a node returning
+    ``{"enabled": False, ...}``, e.g. ``depth_routing.dense_baseline.enabled: false``).
+
+    The skip is saved as a version of its own (``disabled.json``), so a later task or run
+    loads it back as skipped, never an older model. :class:`ModelVersionsDataset` lists only
+    the versions that hold a model.
+    """
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        has_model, has_marker = _has(MODEL_CONFIG_FILE), _has(DISABLED_FILE)
+        self._exists_function = lambda folder: has_model(folder) or has_marker(folder)
+
+    def load(self) -> ModelBundle | dict[str, Any] | None:
+        try:
+            marker = Path(self._get_load_path()) / DISABLED_FILE
+        except Exception:  # nothing saved yet: the parent's missing_ok rule applies
+            return super().load()
+        if marker.is_file():
+            import json
+
+            return json.loads(marker.read_text(encoding="utf-8"))
+        return super().load()
+
+    def save(self, data: ModelBundle | dict[str, Any]) -> None:
+        if isinstance(data, dict):
+            if data.get("enabled") is not False:
+                raise ValueError(
+                    f"{self._filepath}: expected a model bundle or a skip marker "
+                    f"({{'enabled': False}}), got a dict with enabled={data.get('enabled')!r}"
+                )
+            import json
+
+            with atomic_directory(Path(self._get_save_path())) as staging:
+                (staging / DISABLED_FILE).write_text(json.dumps(data), encoding="utf-8")
+            self._clear_version_cache()
+            return
+        super().save(data)
+
+    def _exists(self) -> bool:
+        try:
+            folder = Path(self._get_load_path())
+        except Exception:  # no version saved yet
+            return False
+        return (folder / MODEL_CONFIG_FILE).is_file() or (folder / DISABLED_FILE).is_file()

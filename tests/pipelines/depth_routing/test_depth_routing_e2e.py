@@ -16,6 +16,8 @@ import pytest
 from kedro.framework.session import KedroSession
 from project_copy import debug_run
 
+from router_pipelines.datasets import ModelVersionsDataset
+
 pytestmark = pytest.mark.slow
 
 MODELS = Path("data/06_models/debug")
@@ -63,6 +65,10 @@ def test_both_pipelines_train_evaluate_register_and_promote(project):
     for folder in ("depth_routing", "depth_routing_best"):
         versions = [p for p in (root / MODELS / folder).iterdir() if not p.name.startswith(".")]
         assert len(versions) == 2  # one per trained model, never overwritten; reuse adds none
+    # the dense baseline: mod's trained model, then the two dtf runs' skips (enabled: false)
+    dense = root / MODELS / "depth_routing_dense"
+    assert len([p for p in dense.iterdir() if not p.name.startswith(".")]) == 3
+    assert len(ModelVersionsDataset(str(dense)).load().versions()) == 1
     figure = root / REPORTS / "routing_curve.png"
     assert figure.is_file() and figure.stat().st_size > 10_000
 

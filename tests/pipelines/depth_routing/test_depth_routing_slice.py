@@ -70,6 +70,7 @@ class KeptDataset(MemoryDataset):
 OUTPUTS = (
     "model",
     "best_model",
+    "dense_model",
     "training_summary",
     "dense_summary",
     "evaluation",
@@ -89,7 +90,11 @@ def _run(params: dict, model_type: str | None, stores: Path | None = None) -> di
     catalog["train_tokens"] = _tokens(64, seed=1)
     catalog["validation_tokens"] = _tokens(8, seed=2)
     catalog["tokenizer"] = _tokenizer()
-    for name, folder in (("saved_models", "final"), ("saved_best_models", "best")):
+    for name, folder in (
+        ("saved_models", "final"),
+        ("saved_best_models", "best"),
+        ("saved_dense_models", "dense"),
+    ):
         catalog[f"depth_routing.{name}"] = ModelVersionsDataset(str(stores / folder)).load()
     catalog["model_registry"] = ModelRegistryDataset().load()
     for group, values in params.items():
@@ -204,6 +209,46 @@ def test_an_unchanged_rerun_reuses_the_saved_model_and_a_changed_setting_retrain
         Exception, match=r"depth_routing.source.source=catalog: .*router_aux_weight"
     ):
         _run(changed, "mod", stores)
+
+
+def test_a_saved_dense_baseline_with_the_same_identity_is_reused(tmp_path, mlflow_store):
+    """The dense baseline is persisted (``depth_routing.dense_model``): an unchanged re-run
+    reuses it instead of training it again; ``source: train`` trains it again."""
+    from kedro.io import Version
+
+    from router_pipelines.datasets import OptionalModelDataset
+
+    stores = tmp_path / "stores"
+    params = _params(tmp_path, capacity_gamma=0.25)
+    params["evaluation"]["speed"] = False
+    first = _run(params, "mod", stores)
+    assert first["dense_summary"]["origin"] == "train"
+    OptionalModelDataset(str(stores / "dense"), version=Version(None, None)).save(
+        first["dense_model"]
+    )
+    dense_runs = Path(first["dense_summary"]["run_dir"]).parent
+
+    again = _run(params, "mod", stores)
+    summary = again["dense_summary"]
+    assert summary["origin"] == "catalog" and summary["reused_from"].startswith(str(stores))
+    assert summary["global_step"] == first["dense_summary"]["global_step"]
+    assert len(list(dense_runs.iterdir())) == 1, "the dense training did not start again"
+    for a, b in zip(
+        again["dense_model"].model.state_dict().values(),
+        first["dense_model"].model.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    dense_row = again["evaluation"].iloc[0]
+    assert dense_row["model"] == "dense"
+    assert dense_row["validation_loss"] == pytest.approx(
+        first["evaluation"].iloc[0]["validation_loss"]
+    )
+
+    params["source"] = {"source": "train"}
+    retrained = _run(params, "mod", stores)
+    assert retrained["dense_summary"]["origin"] == "train"
+    assert len(list(dense_runs.iterdir())) == 2
 
 
 def test_transfer_swaps_routed_blocks_into_a_local_qwen2(tmp_path, mlflow_store):

@@ -236,12 +236,19 @@ def train_dense_baseline(
     train_tokens: Any,
     validation_tokens: Any,
     tokenizer: Any,
+    saved_dense_models: Any,
     *groups: Any,
     model_type: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The dense model of the same shape, trained by the same engine on the same data, steps
     and settings (``dense_baseline.enabled: false`` skips it: ``({"enabled": false}, ...)``,
-    Kedro saves no ``None``)."""
+    Kedro saves no ``None``).
+
+    The newest saved dense model with the same identity (shape, training settings, data,
+    tokenizer: ``saved_dense_models``, the ``depth_routing_dense`` versions) is reused instead
+    of training again, unless ``depth_routing.source.source`` is ``train``; its summary is its
+    own, with ``origin: catalog`` and where it came from.
+    """
     from router_pipelines.data.torch_dataset import TokenBlockDataset
     from router_pipelines.models.bundle import ModelBundle
     from router_pipelines.tracking import log_metrics, metric_logger
@@ -251,6 +258,16 @@ def train_dense_baseline(
     if not params.dense_baseline.enabled:
         return {"enabled": False}, {"enabled": False}
     identity = _identity(params, train_tokens, tokenizer, "dense")
+    if params.source.source != "train":
+        stored = saved_dense_models.newest(
+            lambda meta: fingerprint_of(meta) == identity.fingerprint
+        )
+        if stored is not None:
+            bundle = stored.load()
+            recorded = dict(bundle.metadata.get("training") or {})
+            recorded.pop("origin", None)
+            logger.info("dense baseline: reusing %s (same identity)", stored.path)
+            return bundle, {**recorded, "origin": "catalog", "reused_from": str(stored.path)}
     training = dataclasses.replace(
         params.training, output_dir=str(Path(params.training.output_dir) / "dense")
     )

@@ -58,7 +58,7 @@ def create_pipeline(model_type: str | None = None, **kwargs) -> Pipeline:
         ),
         Node(
             _fixed(train_dense_baseline, model_type),
-            [*DATA, *GROUPS],
+            [*DATA, "saved_dense_models", *GROUPS],
             ["dense_model", "dense_summary"],
             name="train_dense_baseline",
         ),
