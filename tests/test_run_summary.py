@@ -54,3 +54,18 @@ def test_an_unregistered_familys_reason_is_cut_between_words(capsys):
     reason = "not trained in this run (catalog: " + "/very/long" * 12 + "/router)"
     print_summary({"query_router": {"registration": {"registered": False, "reason": reason}}}, None)
     assert "not trained in this run (catalog: …" in _cells(capsys)
+
+
+def test_families_are_listed_in_the_order_they_finish():
+    """The default run: the query router cuts its queries from the validation split before the
+    switchable model exists, yet it is listed after the switchable model it routes."""
+    from router_pipelines.pipeline_registry import register_pipelines
+    from router_pipelines.terminal import user_namespaces
+
+    assert user_namespaces(register_pipelines()["__default__"]) == [
+        "data_processing",
+        "pretrain",
+        "switchable",
+        "precision_router",
+        "query_router",
+    ]

@@ -151,11 +151,12 @@ def registered_models(
     """The registered models the pipelines end with: what a retrain of them is for.
 
     A registration node is one with a ``<namespace>.registration`` output. One whose model
-    (the node's inputs of its own namespace) feeds another registration of the same pipeline (the base LM under the switchable model,
-    the switchable model under a router) is left out: it is reused when compatible, and a
-    reused model is not registered again, so its champion may be older than a fresh
-    downstream model; the downstream model's run already carries the same data, code and
-    configuration tags, which are the same for every model of a run.
+    (the node's inputs of its own namespace) feeds another registration of the same pipeline
+    (the base LM under the switchable model, the switchable model under a router) is left
+    out: it is reused when compatible, and a reused model is not registered again, so its
+    champion may be older than a fresh downstream model; the downstream model's run already
+    carries the same data, code and configuration tags, which are the same for every model of
+    a run. The default run (base → switchable → both routers) is judged by its routers.
     """
     names: list[str] = []
     for pipeline_name in pipeline_names:

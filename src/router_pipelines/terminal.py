@@ -202,13 +202,16 @@ def device_and_precision(parameters: Mapping[str, Any], namespaces: list[str]) -
 
 
 def user_namespaces(pipeline: Any) -> list[str]:
-    """The top-level namespaces of ``pipeline``'s nodes, in the order they first run."""
-    seen: list[str] = []
-    for node in pipeline.nodes:
+    """The top-level namespaces of ``pipeline``'s nodes, in the order they finish (their last
+    node in run order): data, base, switchable, then the routers on it. By first node, a
+    family whose first step needs only the data (the query router cuts its queries from the
+    validation split) would be listed before the model it routes."""
+    last: dict[str, int] = {}
+    for index, node in enumerate(pipeline.nodes):
         top = (node.namespace or "").split(".")[0]
-        if top and top not in seen:
-            seen.append(top)
-    return seen
+        if top:
+            last[top] = index
+    return sorted(last, key=last.__getitem__)
 
 
 class RunReport:

@@ -289,7 +289,12 @@ def test_the_debug_retraining_dag_runs_end_to_end_then_skips(airflow_project):
     assert first and set(first.values()) == {"success"}, first
     assert "has no registered version yet" in output
 
-    models = ("base_lm_debug", "switchable_lm_debug")  # conf/debug/parameters_*.yml
+    models = (  # conf/debug/parameters_*.yml: every model the default run promotes
+        "base_lm_debug",
+        "switchable_lm_debug",
+        "precision_router_debug",
+        "query_router_debug",
+    )
     uri = f"sqlite:///{airflow_project.root / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     for model in models:
