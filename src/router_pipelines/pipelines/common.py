@@ -60,9 +60,15 @@ def validation_report(
 
 def reused_summary(decision: Any) -> dict[str, Any]:
     """The summary of a reused model: its own training summary plus where it came from."""
-    recorded = dict((decision.metadata or {}).get("training") or {})
+    return recorded_summary(decision.metadata, decision.origin, decision.where)
+
+
+def recorded_summary(metadata: Mapping[str, Any] | None, origin: str, where: str) -> dict:
+    """The training summary recorded in a saved model's ``metadata``, with ``origin`` and
+    ``reused_from`` saying where this run got the model."""
+    recorded = dict((metadata or {}).get("training") or {})
     recorded.pop("origin", None)
-    return {**recorded, "origin": decision.origin, "reused_from": decision.where}
+    return {**recorded, "origin": origin, "reused_from": where}
 
 
 def thin_history(history: Mapping[str, list]) -> dict[str, list]:

@@ -23,6 +23,7 @@ from router_pipelines.model_source import (
 )
 from router_pipelines.pipelines.common import (
     history_figure,
+    recorded_summary,
     reused_summary,
     thin_history,
     trained_summary,
@@ -263,11 +264,8 @@ def train_dense_baseline(
             lambda meta: fingerprint_of(meta) == identity.fingerprint
         )
         if stored is not None:
-            bundle = stored.load()
-            recorded = dict(bundle.metadata.get("training") or {})
-            recorded.pop("origin", None)
             logger.info("dense baseline: reusing %s (same identity)", stored.path)
-            return bundle, {**recorded, "origin": "catalog", "reused_from": str(stored.path)}
+            return stored.load(), recorded_summary(stored.metadata, "catalog", str(stored.path))
     training = dataclasses.replace(
         params.training, output_dir=str(Path(params.training.output_dir) / "dense")
     )
