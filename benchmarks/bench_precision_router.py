@@ -173,10 +173,15 @@ def run(args: argparse.Namespace) -> None:
         f"Seeds {args.seeds}: router seed = s, random_state = 42 + s, random assignments seed s; "
         "base seed 42 (one base for every seed).",
     ]
+    # --label: a result of its own (e.g. other widths and budgets) beside the default one
+    name = f"{NAME}_{args.label}" if args.label else NAME
+    title = "Layer-wise precision router vs static per-layer widths at equal mean bits"
+    if args.label:
+        title += f" ({args.label.replace('_', ' ')}: widths {args.widths}, budgets {args.budgets})"
     common.write_result(
-        common.result_path(NAME, args),
-        name=NAME,
-        title="Layer-wise precision router vs static per-layer widths at equal mean bits",
+        common.result_path(name, args),
+        name=name,
+        title=title,
         machine=machine,
         config={
             "preset": args.preset,
@@ -327,6 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-router-lr", type=float, default=3e-3)
     parser.add_argument("--static-init-margin", type=float, default=3.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--label", default=None, help="result name precision_router_<label> (default: none)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.base, args.base_steps, args.base_batch_size = "debug", "train", 4, 4

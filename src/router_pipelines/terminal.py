@@ -80,16 +80,15 @@ def quiet_library_noise() -> None:
     """Install the filters of :data:`NOISE` and the switches of :data:`QUIET_SWITCHES`."""
     for name, value in QUIET_SWITCHES.items():
         os.environ.setdefault(name, value)
-    for noise in NOISE:
-        if noise.message is not None:
-            warnings.filterwarnings("ignore", message=noise.message, category=noise.category)
     # MLflow wraps some calls in `catch_warnings(); simplefilter("once", UserWarning)`, which
-    # shadows the filters above; Kedro routes warnings to logging (logging.captureWarnings), so
-    # the same messages are also dropped where they become log records.
+    # shadows the warning filters; Kedro routes warnings to logging (logging.captureWarnings),
+    # so the same messages are also dropped where they become log records (_DropNoise).
     captured = logging.getLogger("py.warnings")
     if not any(isinstance(f, _DropNoise) for f in captured.filters):
         captured.addFilter(_DropNoise())
     for noise in NOISE:
+        if noise.message is not None:
+            warnings.filterwarnings("ignore", message=noise.message, category=noise.category)
         if noise.logger is not None:
             # A filter, not a level: Kedro's logging.config.dictConfig resets the levels of
             # the "kedro.*" child loggers it configures, but keeps their filters.

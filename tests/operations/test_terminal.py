@@ -90,9 +90,8 @@ def test_noise_filters_drop_captured_warnings_and_keep_others(monkeypatch):
 
 def test_every_noisy_logger_is_quietened_wherever_it_is_listed(monkeypatch):
     """Each logger entry of NOISE gets its filter, not only one listed last."""
-    monkeypatch.setattr(
-        terminal, "NOISE", (*terminal.NOISE, terminal.Noise("a warning", message="zzz"))
-    )
+    # an entry with neither a message nor a logger, listed last
+    monkeypatch.setattr(terminal, "NOISE", (*terminal.NOISE, terminal.Noise("nothing to filter")))
     target = logging.getLogger("kedro.validation.type_extractor")
     monkeypatch.setattr(target, "filters", [])
     terminal.quiet_library_noise()

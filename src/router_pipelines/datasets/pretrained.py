@@ -15,6 +15,7 @@ tokenizer) so every saved folder can be used on its own with ``from_pretrained``
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
@@ -259,37 +260,31 @@ class OptionalModelDataset(PretrainedModelDataset):
     def __init__(self, path: str, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
         has_model, has_marker = _has(MODEL_CONFIG_FILE), _has(DISABLED_FILE)
+        # Kedro's newest-version lookup and _exists both go through this
         self._exists_function = lambda folder: has_model(folder) or has_marker(folder)
 
     def load(self) -> ModelBundle | dict[str, Any] | None:
-        try:
+        if self._exists():
             marker = Path(self._get_load_path()) / DISABLED_FILE
-        except Exception:  # nothing saved yet: the parent's missing_ok rule applies
-            return super().load()
-        if marker.is_file():
-            import json
-
-            return json.loads(marker.read_text(encoding="utf-8"))
+            if marker.is_file():
+                return json.loads(marker.read_text(encoding="utf-8"))
         return super().load()
 
     def save(self, data: ModelBundle | dict[str, Any]) -> None:
-        if isinstance(data, dict):
-            if data.get("enabled") is not False:
-                raise ValueError(
-                    f"{self._filepath}: expected a model bundle or a skip marker "
-                    f"({{'enabled': False}}), got a dict with enabled={data.get('enabled')!r}"
-                )
-            import json
-
-            with atomic_directory(Path(self._get_save_path())) as staging:
-                (staging / DISABLED_FILE).write_text(json.dumps(data), encoding="utf-8")
-            self._clear_version_cache()
+        if not isinstance(data, dict):
+            super().save(data)
             return
-        super().save(data)
+        if data.get("enabled") is not False:
+            raise ValueError(
+                f"{self._filepath}: expected a model bundle or a skip marker "
+                f"({{'enabled': False}}), got a dict with enabled={data.get('enabled')!r}"
+            )
+        with atomic_directory(Path(self._get_save_path())) as staging:
+            (staging / DISABLED_FILE).write_text(json.dumps(data), encoding="utf-8")
+        self._clear_version_cache()
 
     def _exists(self) -> bool:
         try:
-            folder = Path(self._get_load_path())
+            return self._exists_function(str(self._get_load_path()))
         except Exception:  # no version saved yet
             return False
-        return (folder / MODEL_CONFIG_FILE).is_file() or (folder / DISABLED_FILE).is_file()
