@@ -49,6 +49,36 @@ def test_loss_terms_and_metrics(dense, model_type, terms):
         assert 0 < float(metrics["s_ce"]) < 1 and 0 < float(metrics["s_cu"]) < 1
 
 
+@pytest.mark.parametrize("model_type", ["mod", "dtf"])
+def test_a_compiled_training_step_is_one_graph_with_eager_numbers(dense, model_type):
+    """torch.compile (the engine's torch_compile) captures a top-k training step whole: no
+    count or padding check read off the device in the routed blocks, and AOTAutograd's
+    forward and backward give the eager loss and gradients."""
+    import torch._dynamo
+
+    batch = {k: v for k, v in _batch().items() if k != "attention_mask"}
+    weights = {"router_bce": 0.5, "predictor_bce": 1.0, "prior_mse": 0.05}
+    grads, losses = [], []
+    for compiled in (False, True):
+        model = routed(dense, model_type=model_type, capacity_gamma=0.25).train()
+        if compiled:
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()  # reset() keeps the counters
+            model.compile(backend="aot_eager")
+        loss, _ = make_depth_routing_loss(weights)(model, batch, 0)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["graph_break"])
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    torch._dynamo.reset()
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=1e-6)
+    assert grads[1].keys() == grads[0].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6)
+
+
 def test_predictor_loss_trains_only_the_predictor(dense):
     """The predictor reads stop-gradient inputs: its BCE changes no other gradient."""
     grads = []

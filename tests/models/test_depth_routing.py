@@ -178,6 +178,13 @@ def test_selected_slots_keep_causal_order_and_pad():
     assert valid.tolist() == [[True, True, True], [True, False, False]]
 
 
+def test_a_known_count_gives_the_counted_slots():
+    """Top-k passes its ⌊γ·T⌋ instead of reading the count off the device."""
+    select = torch.tensor([[0, 1, 0, 1, 1], [1, 0, 1, 1, 0]], dtype=torch.bool)
+    counted, known = selected_slots(select), selected_slots(select, 3)
+    assert all(torch.equal(a, b) for a, b in zip(counted, known, strict=True))
+
+
 @pytest.mark.parametrize("model_type", ["mod", "dtf"])
 def test_save_and_load_round_trip(tmp_path, dense, model_type):
     model = routed(dense, model_type=model_type, capacity_gamma=0.25)

@@ -49,11 +49,16 @@ def topk_membership(scores: torch.Tensor, gamma: float) -> torch.Tensor:
     return member
 
 
-def selected_slots(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def selected_slots(
+    select: torch.Tensor, count: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The selected positions of each sequence in causal order, padded to the largest count.
 
     Args:
         select: (B, T) bool.
+        count: the number of selected tokens of every sequence when the caller knows it (top-k
+            selection: ⌊γ·T⌋); None: counted, which reads a number off the device (a sync,
+            and a graph break under ``torch.compile``).
 
     Returns:
         ``idx`` (B, K) long: positions, ascending; a padding slot holds ``T`` (a dummy row).
@@ -61,7 +66,7 @@ def selected_slots(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     batch, length = select.shape
     counts = select.sum(dim=1)
-    k = int(counts.max()) if batch else 0
+    k = count if count is not None else (int(counts.max()) if batch else 0)
     positions = torch.arange(length, device=select.device).expand(batch, length)
     order = torch.where(select, positions, positions + length).argsort(dim=1)[:, :k]
     valid = torch.arange(k, device=select.device)[None, :] < counts[:, None]
@@ -163,7 +168,11 @@ class RoutedComputation(nn.Module):
     ) -> torch.Tensor:
         """x (B, T, d) with the selected tokens replaced by x + gate · (block(x) − x)."""
         batch, length, _ = x.shape
-        idx, valid = selected_slots(selected)  # (B, K)
+        # top-k selects exactly ⌊γ·T⌋ tokens of every sequence: no count read off the device
+        topk = self.mode == "topk"
+        idx, valid = selected_slots(
+            selected, capacity(self.capacity_gamma, length) if topk else None
+        )
         if idx.shape[1] == 0:
             return x  # nothing selected: the cache of this block stays as it was
         if position_ids is None:
@@ -175,7 +184,9 @@ class RoutedComputation(nn.Module):
         real = self.real_tokens(length)
         if decoding and real is not None:
             keys = valid & _gather(real, idx)  # a padding token is never attended
-        mask = self._mask(x, idx, keys, positions, attention_mask, past_key_values, decoding)
+        mask = self._mask(
+            x, idx, keys, positions, attention_mask, past_key_values, decoding, complete=topk
+        )
         x_sel = _gather(x, idx)  # (B, K, d)
         out = self.block(
             x_sel,
@@ -205,6 +216,7 @@ class RoutedComputation(nn.Module):
         attention_mask: torch.Tensor | None,
         cache: Any,
         decoding: bool,
+        complete: bool = False,
     ) -> torch.Tensor | None:
         """The additive (B, 1, K, S) mask of the selected tokens: causal by true position,
         within their own sequence, keys of padding slots (and, decoding, padding tokens:
@@ -226,7 +238,7 @@ class RoutedComputation(nn.Module):
                 state[self.layer_idx] = torch.cat([cached, valid], dim=1)
             allowed[..., -k:] |= eye
         elif attention_mask is None:
-            if bool(valid.all()):
+            if complete or bool(valid.all()):  # complete: every slot is real (top-k)
                 return None
             allowed = (positions[:, None, :] <= positions[:, :, None]) & valid[:, None, :]
             allowed |= eye

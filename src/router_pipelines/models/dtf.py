@@ -41,7 +41,9 @@ def causal_moving_average(
     """
     full = values if history is None else torch.cat([history, values], dim=1)
     present = ~torch.isnan(full)
-    if bool(present.all()):
+    # The fast path needs a number off the device (a graph break under torch.compile); the
+    # general path below gives the same values when nothing is missing.
+    if not torch.compiler.is_compiling() and bool(present.all()):
         sums = torch.nn.functional.pad(full.cumsum(dim=1), (1, 0))  # (B, H + T + 1)
         ends = torch.arange(1, full.shape[1] + 1, device=full.device)
         starts = (ends - window).clamp(min=0)

@@ -26,6 +26,8 @@ from router_pipelines.config import (
 
 SCHEDULERS = ("cosine", "linear", "constant")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
+# torch.compile's modes (torch._inductor.list_mode_options() plus "default")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PARAM_GROUP_KEYS = ("pattern", "lr", "lr_multiplier", "weight_decay")
 RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 EVAL_PREFIX = "eval_"
@@ -63,6 +65,11 @@ RESULT_NEUTRAL_FIELDS: dict[str, str] = {
     "cpu": "where it runs; the precision that implies is compared as mixed_precision",
     "gradient_checkpointing": "recomputes activations with the RNG replayed: the same numbers "
     "(bit-identical on CPU, tests/training/test_runs.py)",
+    "torch_compile": "how forward runs, not what it computes: the same module, parameters and "
+    "state-dict keys (the eager backend is bit-identical, tests/training/test_compile.py; "
+    "inductor's fused kernels differ at float rounding, as another device does)",
+    "torch_compile_backend": "see torch_compile",
+    "torch_compile_mode": "see torch_compile",
     "ddp_find_unused_parameters": "DDP bookkeeping; the gradients are the same",
 }
 
@@ -95,6 +102,12 @@ class TrainingConfig:
     mixed_precision: str = "auto"
     cpu: bool = False  # force the CPU even when CUDA or MPS exist
     gradient_checkpointing: bool = False  # trade compute for activation memory
+    # compile the model's forward in place (nn.Module.compile) before training; the HF Trainer's
+    # names: a backend or mode implies torch_compile. false: `accelerate launch --dynamo_backend`
+    # (ACCELERATE_DYNAMO_BACKEND / _MODE) decides, off when unset (runtime.compile_settings)
+    torch_compile: bool = False
+    torch_compile_backend: str | None = None  # a torch._dynamo backend; None: inductor
+    torch_compile_mode: str | None = None  # default | reduce-overhead | max-autotune | ...
     frozen_modules_eval: bool = True  # sub-modules with only frozen params stay in eval mode
     eval_steps: int | None = 50  # evaluate every N optimizer steps; None: never
     eval_max_batches: int | None = None  # cap on eval micro-batches per process; None: all
@@ -167,9 +180,13 @@ class TrainingConfig:
             )
         check_choice("scheduler", self.scheduler, SCHEDULERS)
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        check_compile_backend("torch_compile_backend", self.torch_compile_backend)
+        if self.torch_compile_mode is not None:
+            check_choice("torch_compile_mode", self.torch_compile_mode, COMPILE_MODES)
         for name in (
             "cpu",
             "gradient_checkpointing",
+            "torch_compile",
             "frozen_modules_eval",
             "save_at_end",
             "save_best_model",
@@ -180,6 +197,8 @@ class TrainingConfig:
             "ddp_find_unused_parameters",
         ):
             check_bool(name, getattr(self, name))
+        if self.torch_compile_backend is not None or self.torch_compile_mode is not None:
+            self.torch_compile = True  # the HF Trainer's rule: naming either one turns it on
         check_non_empty_str("metric_for_best_model", self.metric_for_best_model)
         if not isinstance(self.progress_metrics, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and k and v
@@ -239,6 +258,16 @@ def check_output_dir(output_dir: str) -> None:
                     "folder (it is created when missing)"
                 )
             return
+
+
+def check_compile_backend(key: str, value: Any) -> None:
+    """``value`` is null or a backend ``torch.compile`` knows (``torch._dynamo.list_backends``)."""
+    check_non_empty_str(key, value, optional=True)
+    if value is None:
+        return
+    import torch._dynamo  # only when a backend is named: the import takes about a second
+
+    check_choice(key, value, torch._dynamo.list_backends(exclude_tags=()))
 
 
 def _check_betas(betas: Any) -> tuple[float, float]:

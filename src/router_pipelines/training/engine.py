@@ -78,6 +78,8 @@ from router_pipelines.training.runs import (
 from router_pipelines.training.runtime import (
     build_accelerator,
     claim_gradient_state,
+    compile_model,
+    compile_settings,
     describe_precision,
     enable_gradient_checkpointing,
     precision_plan,
@@ -178,6 +180,15 @@ class Trainer:
         register_weight_hooks(acc, config.save_only_trainable)
         if config.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        self.compile_settings = compile_settings(config)
+        if self.compile_settings is not None:
+            compile_model(model, self.compile_settings)
+            logger.info(
+                "torch.compile: backend %s, mode %s (%s); the first steps include compilation",
+                self.compile_settings.backend,
+                self.compile_settings.mode or "default",
+                self.compile_settings.source,
+            )
         train_loader, self._sampler = build_train_dataloader(
             train_dataset, config.batch_size, config.seed, config.num_workers
         )

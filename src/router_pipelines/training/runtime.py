@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,8 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env
 from torch import nn
 
-from router_pipelines.training.config import TrainingConfig
+from router_pipelines.config import check_choice
+from router_pipelines.training.config import COMPILE_MODES, TrainingConfig, check_compile_backend
 
 ModuleModes = list[tuple[nn.Module, bool]]
 
@@ -93,6 +95,9 @@ def build_accelerator(config: TrainingConfig) -> Accelerator:
     return Accelerator(
         cpu=config.cpu,
         mixed_precision=resolve_mixed_precision(config.mixed_precision, config.cpu),
+        # The engine compiles the model itself, in place (compile_model): Accelerate's wrapper
+        # would prefix every state-dict key with "_orig_mod." in checkpoints and best/.
+        dynamo_backend="no",
         gradient_accumulation_plugin=accumulation_plugin(config),
         # The schedule counts optimizer steps, whatever the number of processes
         # (Accelerate would otherwise step it once per process).
@@ -121,6 +126,47 @@ def claim_gradient_state(accelerator: Accelerator, config: TrainingConfig) -> No
     """
     accelerator.gradient_state.plugin_kwargs = accumulation_plugin(config).to_kwargs()
     accelerator.gradient_state.sync_gradients = True
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """How the engine compiles the model's forward: ``torch.compile(backend=..., mode=...)``."""
+
+    backend: str
+    mode: str | None
+    source: str  # "torch_compile" (the config) or "ACCELERATE_DYNAMO_BACKEND" (the launcher)
+
+
+def compile_settings(config: TrainingConfig) -> CompileSettings | None:
+    """The compile the run gets, or None.
+
+    ``torch_compile`` (or a named backend / mode) wins; otherwise ``accelerate launch
+    --dynamo_backend`` (``ACCELERATE_DYNAMO_BACKEND``, ``ACCELERATE_DYNAMO_MODE``) decides,
+    as it would for Accelerate's own wrapper, so a launcher setting is not dropped silently.
+    """
+    if config.torch_compile:
+        return CompileSettings(
+            config.torch_compile_backend or "inductor", config.torch_compile_mode, "torch_compile"
+        )
+    backend = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "no").strip().lower()
+    if backend in ("", "no"):
+        return None
+    check_compile_backend("ACCELERATE_DYNAMO_BACKEND", backend)
+    mode = os.environ.get("ACCELERATE_DYNAMO_MODE") or None
+    if mode is not None:
+        check_choice("ACCELERATE_DYNAMO_MODE", mode, COMPILE_MODES)
+    return CompileSettings(backend, mode, "ACCELERATE_DYNAMO_BACKEND")
+
+
+def compile_model(model: nn.Module, settings: CompileSettings) -> None:
+    """Compile ``model``'s forward in place (``nn.Module.compile``).
+
+    In place rather than ``torch.compile(model)``: the module keeps its type, attributes and
+    state-dict keys, so checkpoints, ``best/``, the returned model and a family's
+    ``model.set_precision(...)`` are those of an uncompiled run. Only calls of the module itself
+    (``model(**batch)``) run compiled; other methods a loss calls stay eager.
+    """
+    model.compile(backend=settings.backend, mode=settings.mode)
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
