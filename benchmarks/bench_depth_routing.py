@@ -39,8 +39,8 @@ from router_pipelines.families.depth_routing import flops_per_token
 from router_pipelines.models.depth_routing import DepthRoutingConfig
 from router_pipelines.models.depth_routing_lm import DepthRoutingLM
 from router_pipelines.models.presets import ModelConfig, transformers_config
+from router_pipelines.pipelines.depth_routing.evaluation_nodes import evaluate_depth_routing
 from router_pipelines.pipelines.depth_routing.nodes import (
-    evaluate_depth_routing,
     train_dense_baseline,
     train_routed_model,
 )
@@ -168,8 +168,8 @@ def quality_rows(args: Any, work: str) -> tuple[list[dict[str, Any]], dict[str, 
     groups += [params[k] for k in ("dense_baseline", "evaluation", "register")]
     groups.append({"source": "train"})  # always train: no saved model is looked at
     cpu = time.process_time()
-    dense_model, dense_summary = train_dense_baseline(
-        train_tokens, validation_tokens, tokenizer, *groups
+    dense_model, dense_summary = train_dense_baseline(  # no store: source train
+        train_tokens, validation_tokens, tokenizer, None, *groups
     )
     timing = {"dense": _per_step(dense_summary, time.process_time() - cpu)}
     rows, reports = [], {}
