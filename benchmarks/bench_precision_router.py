@@ -159,7 +159,14 @@ def run(args: argparse.Namespace) -> None:
         f"Budget routers (`budget_router`): per budget, started at the exact static allocation "
         f"(bias margin {args.static_init_margin}) and trained {args.budget_router_steps} steps "
         f"(lr {args.budget_router_lr}) with the target penalty "
-        "target_weight * (mean_bits - budget)^2; then price-calibrated like the router.",
+        "target_weight * (mean_bits - budget)^2; then price-calibrated like the router; "
+        f"selection {args.budget_router_selection}"
+        + (
+            " (the static start is kept where training did not lower the calibration rows' "
+            "loss: see budget_router_selected)."
+            if args.budget_router_selection == "calibration"
+            else "."
+        ),
         f"Calibration: {args.calibration_examples} random training rows not trained on "
         f"(sensitivities: {args.sensitivity}; prices by bisection on realised bits); every "
         f"method evaluated on the same {args.eval_batches} validation batches of 8 rows.",
@@ -241,6 +248,7 @@ def one_seed(
         budget_router_steps=max(args.budget_router_steps, 1),
         budget_router_learning_rate=args.budget_router_lr,
         static_init_margin=args.static_init_margin,
+        budget_router_selection=args.budget_router_selection,
     )
     router_cfg = dict(
         router_params["router"],
@@ -331,6 +339,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-router-steps", type=int, default=32, help="0: no budget routers")
     parser.add_argument("--budget-router-lr", type=float, default=3e-3)
     parser.add_argument("--static-init-margin", type=float, default=3.0)
+    parser.add_argument(
+        "--budget-router-selection", default="calibration", choices=["calibration", "none"]
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument(
         "--label", default=None, help="result name precision_router_<label> (default: none)"

@@ -209,3 +209,8 @@ def test_settings_apply_restore_and_report_realised_bits():
     assert table.loc["fp", "perplexity"] < table.loc["uniform_2bit", "perplexity"]
     assert abs(table.loc["router_b5", "mean_bits"] - 5.0) < 0.5
     assert table.loc["router_b5", "speed_kind"] == "not_measured"
+
+
+def test_an_unknown_budget_router_selection_is_named():
+    with pytest.raises(ValueError, match="budget_router_selection.*'best'.*calibration"):
+        config_from_dict(RouterEvalConfig, {"budget_router_selection": "best"}, "evaluation")

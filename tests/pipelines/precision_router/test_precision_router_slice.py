@@ -256,3 +256,52 @@ def test_the_champion_rescoring_matches_the_evaluation_of_the_same_model(tmp_pat
         rescore_precision_router(champion, inputs[0], inputs[1], other, *groups)
     with pytest.raises(ValueError, match="holds a 'causal_lm' model .* not a Layerwise"):
         rescore_precision_router(base, *inputs, *groups)
+
+
+@pytest.mark.parametrize(
+    ("losses", "selected"),
+    [({"trained": 2.0, "static start": 1.0}, "static start"), ({"trained": 1.0}, "trained")],
+)
+def test_a_budget_router_is_selected_on_the_calibration_rows(
+    tmp_path, monkeypatch, losses, selected
+):
+    """budget_router_selection: calibration keeps the static start where training did not
+    lower the calibration loss, and that start *is* the exact static allocation on held-out
+    rows; with a lower trained loss (or selection none) the trained router is kept."""
+    from router_pipelines.pipelines.precision_router import evaluation_nodes
+
+    seen: list[str] = []
+    real = evaluation_nodes._calibration_loss
+
+    def calibration_loss(router, setting, rows, config):
+        seen.append(setting.selected)
+        measured = real(router, setting, rows, config)
+        assert np.isfinite(measured)
+        return losses.get(setting.selected, 2.0)
+
+    monkeypatch.setattr(evaluation_nodes, "_calibration_loss", calibration_loss)
+    params = _params(tmp_path)
+    params["quantized"]["source"] = "ptq"
+    params["evaluation"].update(budget_routers=True, budget_router_steps=2)
+    out = _run(params)
+    assert seen == ["trained", "static start"] * 2  # both candidates, at each budget
+    table = out["evaluation"].set_index("name")
+    results = {e["budget"]: e for e in out["router_results"]["per_budget"]}
+    for budget in (3, 5):
+        row, static = table.loc[f"budget_router_b{budget}"], table.loc[f"static_exact_b{budget}"]
+        assert row["selected"] == selected
+        assert results[budget]["budget_router_selected"] == selected
+        if selected == "static start":
+            assert row["perplexity"] == static["perplexity"]
+            assert row["mean_bits"] == pytest.approx(static["mean_bits"])
+            assert row["layer_bits"] == static["layer_bits"]
+
+
+def test_without_selection_the_trained_budget_router_is_kept(tmp_path):
+    params = _params(tmp_path)
+    params["quantized"]["source"] = "ptq"
+    params["evaluation"].update(
+        budget_routers=True, budget_router_steps=2, budget_router_selection="none"
+    )
+    table = _run(params)["evaluation"].set_index("name")
+    assert set(table.loc[["budget_router_b3", "budget_router_b5"], "selected"]) == {"trained"}

@@ -26,6 +26,8 @@ from router_pipelines.evaluation.sweep import SweepConfig
 from router_pipelines.families.precision_router.allocation import mean_bits
 from router_pipelines.families.switchable.bits import bit_report
 
+BUDGET_SELECTIONS = ("calibration", "none")
+
 
 @dataclass
 class RouterEvalConfig(SweepConfig):
@@ -43,6 +45,9 @@ class RouterEvalConfig(SweepConfig):
     budget_router_steps: int = 32  # its optimizer steps (target_bits = the budget)
     budget_router_learning_rate: float = 3e-3
     static_init_margin: float = 3.0  # logit margin of the static width at initialisation
+    # calibration: a budget router whose calibration loss is not below its static start's
+    # keeps the static start (model selection on held-out rows) | none: always the trained one
+    budget_router_selection: str = "calibration"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -64,6 +69,7 @@ class RouterEvalConfig(SweepConfig):
         check_int("budget_router_steps", self.budget_router_steps, minimum=1)
         check_positive("budget_router_learning_rate", self.budget_router_learning_rate)
         check_positive("static_init_margin", self.static_init_margin)
+        check_choice("budget_router_selection", self.budget_router_selection, BUDGET_SELECTIONS)
 
 
 def _check_router(model: nn.Module) -> None:
@@ -139,6 +145,7 @@ class RouterAtBudget:
     kind: str = "router"  # router (the trained router) | budget_router (its own weights)
     speed_kind: str = "simulated"
     router_state: dict[str, Any] | None = field(default=None, repr=False)  # routers' weights
+    selected: str | None = None  # budget routers: "trained", or "static start" (selection)
     _tally: Any = field(default=None, repr=False)
 
     def validate(self, model: nn.Module) -> None:
@@ -165,4 +172,5 @@ class RouterAtBudget:
             "bit_histogram": json.dumps(tally.histogram()),
             "price": self.price,
             "calibration_bits": self.calibration_bits,
+            "selected": self.selected,
         }

@@ -65,3 +65,15 @@ def train_budget_router(
         static_widths,
     )
     return {k: v.detach().cpu().clone() for k, v in trained.routers.state_dict().items()}
+
+
+def static_start(router: Any, static_widths: list[int], margin: float) -> tuple[dict, float]:
+    """The routers' weights of a budget router before training (``init_static``: the hard
+    choice is ``static_widths`` for every input) and the mean bits that allocation costs."""
+    from router_pipelines.families.precision_router.allocation import mean_bits
+
+    candidate = copy.deepcopy(router)
+    candidate.init_static(static_widths, margin)
+    state = {k: v.detach().cpu().clone() for k, v in candidate.routers.state_dict().items()}
+    params = [int(p) for p in router.layer_params.tolist()]
+    return state, float(mean_bits(static_widths, params))

@@ -119,13 +119,16 @@ def _evaluate(
     train_rows, calibration_rows = row_split(
         rows, training.num_examples, config.calibration_examples, training.random_state
     )
-    calibration = batches_of(
-        rows_of(train_tokens, calibration_rows, training.seq_len), config.calibration_batch_size
-    )
+    calibration_set = rows_of(train_tokens, calibration_rows, training.seq_len)
+    calibration = batches_of(calibration_set, config.calibration_batch_size)
     sensitivity = SENSITIVITIES[config.sensitivity](router, calibration)
     budget_training = None
     if config.budget_routers:
-        budget_training = (rows_of(train_tokens, train_rows, training.seq_len), training)
+        budget_training = (
+            rows_of(train_tokens, train_rows, training.seq_len),
+            training,
+            calibration_set,
+        )
     settings = build_settings(router, sensitivity, calibration, config, budget_training)
     table = evaluate_settings(
         router,
@@ -143,10 +146,11 @@ def build_settings(
     sensitivity: Any,
     calibration: list,
     config: Any,
-    budget_training: tuple[Any, Any] | None = None,
+    budget_training: tuple[Any, Any, Any] | None = None,
 ) -> list[Any]:
     """Every setting the evaluation compares; ``budget_training`` (training rows, parsed
-    training config) also trains a router per budget from the exact allocation."""
+    training config, calibration rows) also trains a router per budget from the exact
+    allocation."""
     from router_pipelines.families.precision_router import (
         RouterAtBudget,
         StaticWidths,
@@ -212,11 +216,18 @@ def _budget_router(
     config: Any,
     train_rows: Any,
     training: Any,
+    calibration_set: Any,
 ) -> Any:
-    """The router trained for ``budget`` from its exact allocation, price-calibrated."""
+    """The router trained for ``budget`` from its exact allocation, price-calibrated; with
+    ``budget_router_selection: calibration``, its static start instead when training did not
+    lower the loss on the calibration rows (rows neither the router nor it trained on)."""
     from router_pipelines.families.precision_router import RouterAtBudget, calibrate_price
-    from router_pipelines.pipelines.precision_router.budget_routers import train_budget_router
+    from router_pipelines.pipelines.precision_router.budget_routers import (
+        static_start,
+        train_budget_router,
+    )
 
+    name = f"budget_router_b{budget:g}"
     state = train_budget_router(router, static_widths, budget, train_rows, training, config)
     with router.routers_swapped(state):
         price, calibrated = calibrate_price(
@@ -228,14 +239,36 @@ def _budget_router(
         price,
         calibrated,
     )
-    return RouterAtBudget(
-        f"budget_router_b{budget:g}",
-        budget,
-        price,
-        calibrated,
-        kind="budget_router",
-        router_state=state,
+    trained = RouterAtBudget(
+        name, budget, price, calibrated, "budget_router", router_state=state, selected="trained"
     )
+    if config.budget_router_selection == "none":
+        return trained
+    start_state, start_bits = static_start(router, static_widths, config.static_init_margin)
+    start = RouterAtBudget(
+        name, budget, 0.0, start_bits, "budget_router", router_state=start_state,
+        selected="static start",
+    )  # fmt: skip
+    losses = [_calibration_loss(router, s, calibration_set, config) for s in (trained, start)]
+    chosen = trained if losses[0] < losses[1] else start
+    logger.info(
+        "budget router at %.2g bits: calibration loss %.4f trained vs %.4f at its static "
+        "start: keeps the %s",
+        budget,
+        *losses,
+        chosen.selected,
+    )
+    return chosen
+
+
+def _calibration_loss(router: Any, setting: Any, rows: Any, config: Any) -> float:
+    """Mean token loss of ``router`` in ``setting`` on the calibration rows."""
+    from router_pipelines.evaluation import evaluate_language_model
+
+    with setting.applied(router):
+        return float(
+            evaluate_language_model(router, rows, batch_size=config.calibration_batch_size)["loss"]
+        )
 
 
 def router_cost(router: Any, batch: dict) -> dict[str, float]:
@@ -349,6 +382,8 @@ def comparison(
         if tuned:
             entry["budget_router_perplexity"] = tuned["perplexity"]
             entry["budget_router_mean_bits"] = tuned["mean_bits"]
+            if isinstance(tuned.get("selected"), str):
+                entry["budget_router_selected"] = tuned["selected"]
             entry["budget_router_bits_within_0.1"] = bool(abs(tuned["mean_bits"] - budget) <= 0.1)
             if static_best:
                 entry["budget_router_at_or_below_static"] = _at_or_below(tuned, static_best)
