@@ -105,6 +105,19 @@ class AirflowProject:
         return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def failure_report(output: str, tail: int = 3000) -> str:
+    """What a failed `airflow dags test` said: its error lines (a failed task's traceback is
+    far from the end of the output) and then its tail."""
+    lines = output.splitlines()
+    keys = ("ERROR", "Traceback", "Error:", "error:", "Exception", "Task failed")
+    picked: list[str] = []
+    for i, line in enumerate(lines):
+        if any(key in line for key in keys):
+            picked.extend(lines[max(i - 2, 0) : i + 6])
+    errors = "\n".join(dict.fromkeys(picked))[-8000:]
+    return f"error lines:\n{errors}\n\ntail:\n{output[-tail:]}"
+
+
 def _airflow_available() -> None:
     if AIRFLOW_PYTHON.is_file():
         return
@@ -282,7 +295,7 @@ def test_the_debug_retraining_dag_runs_end_to_end_then_skips(airflow_project):
     result, output = airflow_project.airflow(
         ["-m", "airflow", "dags", "test", RETRAIN_DAG], dags_folder, timeout=1200
     )
-    assert result.returncode == 0, output[-6000:]
+    assert result.returncode == 0, failure_report(output)
     ((first_run, first),) = airflow_project.probe(
         STATES_PROBE, RETRAIN_DAG, dags_folder=dags_folder
     ).items()
@@ -303,7 +316,7 @@ def test_the_debug_retraining_dag_runs_end_to_end_then_skips(airflow_project):
     result, output = airflow_project.airflow(
         ["-m", "airflow", "dags", "test", RETRAIN_DAG], dags_folder, timeout=600
     )
-    assert result.returncode == 0, output[-6000:]
+    assert result.returncode == 0, failure_report(output)
     runs = airflow_project.probe(STATES_PROBE, RETRAIN_DAG, dags_folder=dags_folder)
     (second,) = [states for run_id, states in runs.items() if run_id != first_run]
     assert set(second) == set(first) and set(second.values()) == {"skipped"}, second
