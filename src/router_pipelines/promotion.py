@@ -195,7 +195,7 @@ def promote_registration(
         def rescore(champion: Any) -> Mapping[str, float]:
             return evaluate(load_registered(champion), *evaluate_inputs)
 
-    return promote(
+    result = promote(
         registration["name"],
         str(registration["version"]),
         registration.get("metrics") or {},
@@ -204,6 +204,33 @@ def promote_registration(
         where=f"promotion.rules.{namespace}",
         rescore=rescore,
     )
+    companions = [
+        follow_promotion(c["name"], str(c["version"]), result)
+        for c in registration.get("companions") or []
+    ]
+    return {**result, "companions": companions} if companions else result
+
+
+def follow_promotion(name: str, version: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    """Give a companion of a promoted model the same aliases: a model registered in the same
+    run from the same parts (the query router's ``routed_lm``: router + switchable model) is
+    challenger with it, and champion when it becomes champion, so ``models:/<name>@champion``
+    serves the champion's parts. A companion has no promotion rule of its own."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    leader = f"{result['name']} v{result['version']}"
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if result["promoted"]:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        client.set_model_version_tag(name, version, PROMOTION_TAG, f"champion with {leader}")
+    else:
+        client.set_model_version_tag(
+            name, version, PROMOTION_TAG, f"not promoted: follows {leader}"
+        )
+    alias = CHAMPION if result["promoted"] else CHALLENGER
+    logger.info("%s v%s is %s with %s", name, version, alias, leader)
+    return {"name": name, "version": version, "alias": alias}
 
 
 def load_registered(version: Any) -> Any:

@@ -307,6 +307,7 @@ def test_the_debug_retraining_dag_runs_end_to_end_then_skips(airflow_project):
         "switchable_lm_debug",
         "precision_router_debug",
         "query_router_debug",
+        "routed_lm_debug",  # follows the query router it was registered with
     )
     uri = f"sqlite:///{airflow_project.root / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)

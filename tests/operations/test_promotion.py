@@ -14,6 +14,7 @@ from router_pipelines.promotion import (
     CHALLENGER,
     CHAMPION,
     PromotionRule,
+    follow_promotion,
     parse_promotion_params,
     promote,
     promote_registration,
@@ -100,6 +101,32 @@ def test_a_challenger_that_does_not_pass_stays_challenger(retrain, metrics, why)
     assert _aliases(client) == {CHAMPION: "1", CHALLENGER: "2"}, "the champion is kept"
     reason = client.get_model_version("lm", "2").tags["promotion"]
     assert reason.startswith("not promoted:") and "check failed" in reason  # MLflow's message
+
+
+def test_a_companion_follows_its_model_and_keeps_its_champion_when_it_loses(retrain, tmp_path):
+    """The query router's routed_lm: challenger with its router, champion when it is."""
+    client, new = retrain
+    client.create_registered_model("companion")
+    try:
+
+        def companion() -> str:
+            source = tmp_path / "companion"
+            source.mkdir(exist_ok=True)
+            return str(client.create_model_version("companion", str(source)).version)
+
+        first = follow_promotion("companion", companion(), new(perplexity=10.0, bits=4.0))
+        assert first == {"name": "companion", "version": "1", "alias": CHAMPION}
+        second = follow_promotion("companion", companion(), new(perplexity=11.0, bits=4.0))
+        assert second["alias"] == CHALLENGER
+        aliases = client.get_registered_model("companion").aliases
+        assert {k: str(v) for k, v in aliases.items()} == {CHAMPION: "1", CHALLENGER: "2"}
+        tag = client.get_model_version("companion", "2").tags["promotion"]
+        assert tag == "not promoted: follows lm v2"
+        assert client.get_model_version("companion", "1").tags["promotion"] == (
+            "champion with lm v1"
+        )
+    finally:
+        client.delete_registered_model("companion")
 
 
 def test_the_champion_survives_a_series_of_retrains(retrain):

@@ -71,6 +71,16 @@ def test_the_first_registered_router_is_the_champion(finished_run):
         "champion": str(registration["version"]),
         "challenger": str(registration["version"]),
     }
+    # the routed LM registered beside it follows: models:/routed_lm_debug@champion
+    routed = registration["routed_lm"]
+    aliases = client.get_registered_model("routed_lm_debug").aliases
+    assert {k: str(v) for k, v in aliases.items()} == {
+        "champion": str(routed["version"]),
+        "challenger": str(routed["version"]),
+    }
+    assert promotion["companions"] == [
+        {"name": "routed_lm_debug", "version": str(routed["version"]), "alias": "champion"}
+    ]
 
 
 def test_registered_query_router_predicts_scores_and_routes_over_the_ladder(finished_run):

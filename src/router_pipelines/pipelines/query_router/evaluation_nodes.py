@@ -369,4 +369,11 @@ def register_router(
             description=config.description,
             extra_artifacts={"routing": str(routing), "router": str(router_dir)},
         )
-    return {"registered": True, **router_info, "metrics": headline, "routed_lm": routed_info}
+    return {
+        "registered": True,
+        **router_info,
+        "metrics": headline,
+        "routed_lm": routed_info,
+        # promoted with the router: routed_lm@champion serves the champion router's parts
+        "companions": [{"name": routed_info["name"], "version": routed_info["version"]}],
+    }
