@@ -159,8 +159,10 @@ def main() -> None:
         "Compiled as the engine does with torch_compile: nn.Module.compile in place (the same "
         "module and state-dict keys), backend as in the mode column, default mode.",
         "graphs / graph_breaks: torch._dynamo counters after the compiled run (reset before "
-        "each model). MoD/DTF routing has data-dependent parts (the number of tokens a causal "
-        "router picks, padding checks) that dynamo runs as Python between graphs.",
+        "each model). The MoD/DTF top-k steps here compile as one graph: the routed blocks "
+        "pass the known top-k count instead of reading it off the device. Causal (predictor) "
+        "routing picks a data-dependent number of tokens and breaks the graph there; it is "
+        "not measured here.",
         "The steps here pass no attention_mask, as the depth-routing cost table does; the "
         "engine's batches carry one, and the routed model's padding check then reads it off "
         "the device once at the top of forward: one graph break there, the blocks stay one "

@@ -228,9 +228,44 @@ def follow_promotion(name: str, version: str, result: Mapping[str, Any]) -> dict
         client.set_model_version_tag(
             name, version, PROMOTION_TAG, f"not promoted: follows {leader}"
         )
+        if result.get("champion_version") is not None:
+            _follow_champion(client, name, result["name"], str(result["champion_version"]))
     alias = CHAMPION if result["promoted"] else CHALLENGER
     logger.info("%s v%s is %s with %s", name, version, alias, leader)
     return {"name": name, "version": version, "alias": alias}
+
+
+def _follow_champion(client: Any, name: str, leader: str, champion_version: str) -> None:
+    """When ``name`` has no champion while its leader has one (a registry from before
+    companions, or a first companion registered by a run that lost), alias champion the
+    companion version registered by the leader champion's run, so ``models:/<name>@champion``
+    serves the champion's parts. Without such a version it stays without a champion."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version_by_alias(name, CHAMPION)
+        return
+    except MlflowException:
+        pass
+    run_id = client.get_model_version(leader, champion_version).run_id
+    found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'") if run_id else []
+    if not found:
+        logger.warning(
+            "%s has no champion and no version from the run of %s v%s (champion): "
+            "models:/%s@champion is unset until %s is promoted",
+            name,
+            leader,
+            champion_version,
+            name,
+            leader,
+        )
+        return
+    version = str(max(int(v.version) for v in found))
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(
+        name, version, PROMOTION_TAG, f"champion with {leader} v{champion_version}"
+    )
+    logger.info("%s v%s is champion with %s v%s", name, version, leader, champion_version)
 
 
 def load_registered(version: Any) -> Any:

@@ -262,3 +262,23 @@ def test_a_deep_copy_routes_on_its_own():
         clone.infer_forward(batch["input_ids"])["choices"],
         router.infer_forward(batch["input_ids"])["choices"],
     )
+
+
+def test_the_static_start_is_read_without_changing_the_router():
+    """budget_routers.static_start gives init_static's weights and leaves the router as it
+    was (it works on the router itself, not a copy of the frozen model)."""
+    import copy
+
+    from router_pipelines.pipelines.precision_router.budget_routers import static_start
+
+    router = _router()
+    before = {k: v.clone() for k, v in router.routers.state_dict().items()}
+    widths = [4] * router.num_layers
+    state, bits = static_start(router, widths, 3.0)
+    after = router.routers.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    expected = copy.deepcopy(router)
+    expected.init_static(widths, 3.0)
+    assert all(torch.equal(v, state[k]) for k, v in expected.routers.state_dict().items())
+    assert not all(torch.equal(before[k], state[k]) for k in before)
+    assert bits == pytest.approx(4.0)

@@ -129,6 +129,45 @@ def test_a_companion_follows_its_model_and_keeps_its_champion_when_it_loses(retr
         client.delete_registered_model("companion")
 
 
+def test_a_companion_without_a_champion_takes_the_one_from_its_champions_run(store, tmp_path):
+    """A registry from before companions: lm v1 is champion, and routed_lm v1 (same run) has
+    no alias. When lm v2 loses, routed_lm v1 becomes champion, found by lm v1's run, so
+    models:/routed_lm@champion serves the champion router's parts."""
+    client = mlflow.MlflowClient()
+    source = tmp_path / "model"
+    source.mkdir()
+    for name in ("lm", "companion"):
+        client.create_registered_model(name)
+    try:
+
+        def register(perplexity: float) -> tuple[dict, str]:
+            with mlflow.start_run() as run:
+                run_id = run.info.run_id
+            lm = client.create_model_version("lm", str(source), run_id=run_id)
+            companion = client.create_model_version("companion", str(source), run_id=run_id)
+            result = promote(
+                "lm",
+                str(lm.version),
+                {"perplexity": perplexity, "bits": 4.0},
+                RULE,
+                held_out=HELD_OUT,
+            )
+            return result, str(companion.version)
+
+        first, _ = register(10.0)  # promoted; its companion is left without aliases
+        assert first["promoted"] and not client.get_registered_model("companion").aliases
+        second, version = register(11.0)
+        assert follow_promotion("companion", version, second)["alias"] == CHALLENGER
+        aliases = client.get_registered_model("companion").aliases
+        assert {k: str(v) for k, v in aliases.items()} == {CHAMPION: "1", CHALLENGER: "2"}
+        assert client.get_model_version("companion", "1").tags["promotion"] == (
+            "champion with lm v1"
+        )
+    finally:
+        for name in ("lm", "companion"):
+            client.delete_registered_model(name)
+
+
 def test_the_champion_survives_a_series_of_retrains(retrain):
     client, new = retrain
     best, champion = float("inf"), None

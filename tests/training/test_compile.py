@@ -97,3 +97,22 @@ def test_the_launcher_dynamo_backend_is_honoured_when_the_config_is_silent(
     monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "warp")
     with pytest.raises(ValueError, match="ACCELERATE_DYNAMO_BACKEND.*'warp'"):
         compile_settings(make_config())
+
+
+def test_the_launcher_fullgraph_and_dynamic_flags_reach_the_compile(make_config, monkeypatch):
+    """--dynamo_use_fullgraph / --dynamo_use_dynamic are not dropped; regional compilation,
+    which the in-place compile cannot give, is refused by name."""
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "eager")
+    settings = compile_settings(make_config())
+    assert (settings.fullgraph, settings.dynamic) == (False, None)
+    monkeypatch.setenv("ACCELERATE_DYNAMO_USE_FULLGRAPH", "true")
+    monkeypatch.setenv("ACCELERATE_DYNAMO_USE_DYNAMIC", "False")
+    settings = compile_settings(make_config())
+    assert (settings.fullgraph, settings.dynamic) == (True, False)
+    monkeypatch.setenv("ACCELERATE_DYNAMO_USE_FULLGRAPH", "maybe")
+    with pytest.raises(ValueError, match="ACCELERATE_DYNAMO_USE_FULLGRAPH='maybe'"):
+        compile_settings(make_config())
+    monkeypatch.delenv("ACCELERATE_DYNAMO_USE_FULLGRAPH")
+    monkeypatch.setenv("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION", "1")
+    with pytest.raises(ValueError, match="REGIONAL_COMPILATION.*whole forward"):
+        compile_settings(make_config())

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env
+from accelerate.utils.environment import str_to_bool
 from torch import nn
 
 from router_pipelines.config import check_choice
@@ -135,14 +136,18 @@ class CompileSettings:
     backend: str
     mode: str | None
     source: str  # "torch_compile" (the config) or "ACCELERATE_DYNAMO_BACKEND" (the launcher)
+    fullgraph: bool = False  # the launcher's --dynamo_use_fullgraph
+    dynamic: bool | None = None  # the launcher's --dynamo_use_dynamic (None: torch decides)
 
 
 def compile_settings(config: TrainingConfig) -> CompileSettings | None:
     """The compile the run gets, or None.
 
     ``torch_compile`` (or a named backend / mode) wins; otherwise ``accelerate launch
-    --dynamo_backend`` (``ACCELERATE_DYNAMO_BACKEND``, ``ACCELERATE_DYNAMO_MODE``) decides,
-    as it would for Accelerate's own wrapper, so a launcher setting is not dropped silently.
+    --dynamo_backend`` (``ACCELERATE_DYNAMO_BACKEND``, ``_MODE``, ``_USE_FULLGRAPH``,
+    ``_USE_DYNAMIC``) decides, parsed as Accelerate's ``TorchDynamoPlugin`` parses them, so a
+    launcher setting is not dropped silently. ``--dynamo_use_regional_compilation`` is refused:
+    the engine compiles the whole forward in place.
     """
     if config.torch_compile:
         return CompileSettings(
@@ -155,7 +160,32 @@ def compile_settings(config: TrainingConfig) -> CompileSettings | None:
     mode = os.environ.get("ACCELERATE_DYNAMO_MODE") or None
     if mode is not None:
         check_choice("ACCELERATE_DYNAMO_MODE", mode, COMPILE_MODES)
-    return CompileSettings(backend, mode, "ACCELERATE_DYNAMO_BACKEND")
+    if _env_flag("ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"):
+        raise ValueError(
+            "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION is set (accelerate launch "
+            "--dynamo_use_regional_compilation), but the engine compiles the whole forward in "
+            "place; unset it, or set torch_compile in the training config"
+        )
+    dynamic = None
+    if os.environ.get("ACCELERATE_DYNAMO_USE_DYNAMIC") is not None:
+        dynamic = _env_flag("ACCELERATE_DYNAMO_USE_DYNAMIC")
+    return CompileSettings(
+        backend,
+        mode,
+        "ACCELERATE_DYNAMO_BACKEND",
+        fullgraph=_env_flag("ACCELERATE_DYNAMO_USE_FULLGRAPH"),
+        dynamic=dynamic,
+    )
+
+
+def _env_flag(name: str) -> bool:
+    """A boolean environment variable, read as Accelerate reads it (``str_to_bool``: yes/true/
+    on/1 or no/false/off/0; anything else raises naming the value)."""
+    value = os.environ.get(name, "False")
+    try:
+        return str_to_bool(value) == 1
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a boolean (use true or false)") from None
 
 
 def compile_model(model: nn.Module, settings: CompileSettings) -> None:
@@ -166,7 +196,12 @@ def compile_model(model: nn.Module, settings: CompileSettings) -> None:
     ``model.set_precision(...)`` are those of an uncompiled run. Only calls of the module itself
     (``model(**batch)``) run compiled; other methods a loss calls stay eager.
     """
-    model.compile(backend=settings.backend, mode=settings.mode)
+    model.compile(
+        backend=settings.backend,
+        mode=settings.mode,
+        fullgraph=settings.fullgraph,
+        dynamic=settings.dynamic,
+    )
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:

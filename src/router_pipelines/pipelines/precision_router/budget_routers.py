@@ -72,8 +72,10 @@ def static_start(router: Any, static_widths: list[int], margin: float) -> tuple[
     choice is ``static_widths`` for every input) and the mean bits that allocation costs."""
     from router_pipelines.families.precision_router.allocation import mean_bits
 
-    candidate = copy.deepcopy(router)
-    candidate.init_static(static_widths, margin)
-    state = {k: v.detach().cpu().clone() for k, v in candidate.routers.state_dict().items()}
+    # On the router itself, its weights restored afterwards: a deepcopy would copy the frozen
+    # quantized LM too, only to read a few router layers.
+    with router.routers_swapped(router.routers.state_dict()):
+        router.init_static(static_widths, margin)
+        state = {k: v.detach().cpu().clone() for k, v in router.routers.state_dict().items()}
     params = [int(p) for p in router.layer_params.tolist()]
     return state, float(mean_bits(static_widths, params))

@@ -252,10 +252,13 @@ def _budget_router(
     losses = [_calibration_loss(router, s, calibration_set, config) for s in (trained, start)]
     chosen = trained if losses[0] < losses[1] else start
     logger.info(
-        "budget router at %.2g bits: calibration loss %.4f trained vs %.4f at its static "
-        "start: keeps the %s",
+        "budget router at %.2g bits: calibration loss %.4f trained (%.3f bits) vs %.4f at its "
+        "static start (%.3f bits): keeps the %s",
         budget,
-        *losses,
+        losses[0],
+        calibrated,
+        losses[1],
+        start_bits,
         chosen.selected,
     )
     return chosen
