@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> None:
             base, base_note = load_bundle(cache), f"reused the benchmark's cached base {cache}"
         if base is None:
             base = train_base(tokens, args, f"{tmp}/base")
-            base_note = f"trained {args.preset} for {args.base_steps} steps ({base_note})"
+            why = f" ({base_note})" if base_note else ""  # why no saved base was used
+            base_note = f"trained {args.preset} for {args.base_steps} steps{why}"
             if cache is not None:
                 save_bundle(base, cache)
         base_s = time.perf_counter() - base_start
