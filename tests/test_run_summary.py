@@ -50,6 +50,25 @@ def test_a_challengers_reason_is_cut_between_words(capsys):
     assert "router_b3_perplexity=286.6" in cells
 
 
+def test_a_companion_gets_its_own_row_with_the_alias_it_follows(capsys):
+    results = {
+        "query_router": {
+            "registration": {"registered": True, "name": "query_router", "version": "3"},
+            "promotion": {
+                "promoted": True,
+                "alias": "champion",
+                "companions": [{"name": "routed_lm", "version": "5", "alias": "champion"}],
+            },
+        }
+    }
+    print_summary(results, None)
+    cells = _cells(capsys)
+    assert cells[cells.index("routed_lm") + 1 : cells.index("routed_lm") + 3] == [
+        "5",
+        "champion (with query_router)",
+    ]
+
+
 def test_an_unregistered_familys_reason_is_cut_between_words(capsys):
     reason = "not trained in this run (catalog: " + "/very/long" * 12 + "/router)"
     print_summary({"query_router": {"registration": {"registered": False, "reason": reason}}}, None)

@@ -342,6 +342,14 @@ def print_summary(results: Mapping[str, Mapping[str, Any]], run: tuple[str, str]
                 alias,
                 shown,
             )
+            for companion in promotion.get("companions") or []:  # routed_lm follows its router
+                table.add_row(
+                    namespace,
+                    str(companion.get("name")),
+                    str(companion.get("version")),
+                    f"{companion.get('alias') or '-'} (with {registration.get('name')})",
+                    "-",
+                )
         else:
             reason = registration.get("reason", "not registered")
             table.add_row(
