@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import GradientAccumulationPlugin, parse_flag_from_env
-from accelerate.utils.environment import str_to_bool
 from torch import nn
 
 from router_pipelines.config import check_choice
@@ -179,12 +178,12 @@ def compile_settings(config: TrainingConfig) -> CompileSettings | None:
 
 
 def _env_flag(name: str) -> bool:
-    """A boolean environment variable, read as Accelerate reads it (``str_to_bool``: yes/true/
-    on/1 or no/false/off/0; anything else raises naming the value)."""
-    value = os.environ.get(name, "False")
+    """A boolean environment variable, read by Accelerate's own ``parse_flag_from_env`` (yes/
+    true/on/1 or no/false/off/0); anything else raises naming the variable and the value."""
     try:
-        return str_to_bool(value) == 1
+        return bool(parse_flag_from_env(name, False))
     except ValueError:
+        value = os.environ.get(name)
         raise ValueError(f"{name}={value!r} is not a boolean (use true or false)") from None
 
 
