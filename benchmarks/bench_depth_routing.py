@@ -331,7 +331,7 @@ def main() -> None:
         "other jobs; wall-clock columns are reported beside (their IQR shows the noise).",
         f"The quality runs use the {args.quality_preset} shape for {args.steps} steps of batch "
         f"{args.quality_batch_size} × {256} tokens (conf/base trains 1000 steps of batch 8): "
-        "what fit the benchmark's time on 2 cores shared with five other jobs. That is "
+        "shorter than the base run, to fit a benchmark's time on 2 cores. That is "
         f"~{args.steps * args.quality_batch_size * 256 // 1000}k tokens per model: an "
         "early-training comparison, not a converged one.",
         "Base run time estimate: the conf/base run trains routed + dense for 1000 steps of "
