@@ -6,19 +6,24 @@ On the embedded default corpus (``conf/base/parameters_data_processing.yml``: 8,
 1. a ``tiny`` GPT-2 base model trained by the ``pretrain`` node for ``--base-steps`` steps
    (the default run trains 1,000), or the newest compatible one saved under
    ``data/06_models/pretrain/``;
-2. the cheap and strong models: that base wrapped as a switchable model at 2 / 4 / 8 bits
-   *without* QAT (fake-quantized weights, MSE-initialised steps) — a stand-in for the default
-   run's QAT-trained ``switchable.model`` of the same architecture and size, so the node
-   times are those of the real configuration, while the quality gap between widths is larger
-   than after QAT;
-3. the ``query_router`` nodes with the ``conf/base/parameters_query_router.yml`` defaults
-   (two models, the seed's prompt; ``--ladder 2,4,8`` for three), each timed.
+2. the strong model: that base wrapped as a switchable model at 2 / 4 / 8 bits *without* QAT
+   (fake-quantized weights, MSE-initialised steps) — a stand-in for the default run's
+   QAT-trained ``switchable.model`` of the same architecture and size, so the node times are
+   those of the real configuration;
+3. the cheap model: the ladder's model of another size (``query_router.ladder_lm``, a
+   ``debug``-preset GPT-2 trained by the same pretrain code on the same tokens for
+   ``--ladder-lm-steps``, 1,000 like the conf) with ``provide_ladder_lm``; ``--ladder 2,8``
+   routes between two widths of one model instead;
+4. the ``query_router`` nodes with the ``conf/base/parameters_query_router.yml`` defaults
+   (``[ladder_lm, highest]``, the seed's prompt; three rungs, e.g. ``--ladder 2,4,8``, add
+   the ``{model}`` field), each timed.
 
 Targets (issue 11): router APGR >= 0.75 and CPT(50%) <= 20% on held-out queries (RouteLLM's best
 published: 0.80 and 13.4% on MT-Bench); outcome scoring + router training + evaluation <= 240 s
 on 2 cores. The oracle's values are reported beside them.
 
-    .venv/bin/python benchmarks/bench_query_router.py             # ~4-5 min on 2 cores
+    .venv/bin/python benchmarks/bench_query_router.py             # ~8-10 min on 2 cores
+    .venv/bin/python benchmarks/bench_query_router.py --ladder 2,8  # two widths, ~5 min
     .venv/bin/python benchmarks/bench_query_router.py --quick     # < 1 min smoke
 """
 
@@ -44,6 +49,7 @@ from router_pipelines.pipelines.query_router.evaluation_nodes import evaluate_ro
 from router_pipelines.pipelines.query_router.nodes import (
     cut_router_queries,
     measure_outcomes,
+    provide_ladder_lm,
     train_router,
 )
 from router_pipelines.training.config import NOTHING_SAVED
@@ -127,17 +133,46 @@ def run(args: Any) -> None:
         switchable = switchable_stand_in(base)
         params["training"].update(output_dir=tmp + "/router", progress_bar=False)
         if args.ladder:
-            params["outcomes"]["ladder"] = [int(w) for w in args.ladder.split(",")]
-            params["prompt"]["user_template"] = (
-                "[Question]\n{question}\n\n[Model]\n{model}\n\nPrediction:\n"
-            )
+            params["outcomes"]["ladder"] = [
+                int(w) if w.isdigit() else w for w in args.ladder.split(",")
+            ]
+            if len(params["outcomes"]["ladder"]) > 2:
+                params["prompt"]["user_template"] = (
+                    "[Question]\n{question}\n\n[Model]\n{model}\n\nPrediction:\n"
+                )
         if args.quick:
             params["queries"]["max_queries"] = 60
             params["training"]["num_train_epochs"] = 1
+        params["ladder_lm"]["source"] = {"source": "train"}
+        steps = 20 if args.quick else args.ladder_lm_steps
+        params["ladder_lm"]["training"].update(
+            output_dir=tmp + "/ladder_lm",
+            max_steps=steps,
+            warmup_steps=max(1, steps // 20),
+            **NOTHING_SAVED,
+        )
         times = {}
         t = time.perf_counter()
+        ladder_lm, ladder_summary = provide_ladder_lm(
+            tokens[1],
+            tokens[2],
+            tokens[0],
+            switchable,
+            None,
+            None,
+            params["outcomes"],
+            params["ladder_lm"],
+        )
+        ladder_lm_s = time.perf_counter() - t  # reported apart: the routing budget excludes it
+        if ladder_summary.get("enabled") is not False:
+            print(
+                f"ladder LM: {ladder_summary['global_step']} steps in {ladder_lm_s:.1f} s, "
+                f"validation loss {ladder_summary['validation_loss']:.3f}",
+                flush=True,
+            )
+        t = time.perf_counter()
         queries = cut_router_queries(tokens[2], params["queries"])
-        outcomes = measure_outcomes(queries, switchable, params["outcomes"])
+        outcomes = measure_outcomes(queries, switchable, ladder_lm, params["outcomes"])
         times["measure_outcomes_s"] = time.perf_counter() - t
         print(f"{len(outcomes)} queries scored in {times['measure_outcomes_s']:.1f} s", flush=True)
         seeds = [int(v) for v in args.seeds.split(",")]
@@ -203,6 +238,14 @@ def run(args: Any) -> None:
         rows.append(
             {"table": "Node times (s)", "node": key.removesuffix("_s"), "seconds": round(value, 1)}
         )
+    if ladder_summary.get("enabled") is not False:
+        rows.append(
+            {
+                "table": "Node times (s)",
+                "node": "provide_ladder_lm",
+                "seconds": round(ladder_lm_s, 1),
+            }
+        )
     for key in (
         "ladder_router_hull_area",
         "ladder_router_lambda_hull_area",
@@ -242,10 +285,23 @@ def run(args: Any) -> None:
                 abs(100 * share - int(target)) <= 5,
             )
         )
+    ladder = [str(r) for r in params["outcomes"]["ladder"]]
+    if ladder_summary.get("enabled") is not False:
+        cheap_note = (
+            f"Ladder {ladder}: the cheap model is the ladder LM "
+            f"({params['ladder_lm']['model']['preset']} preset, "
+            f"{ladder_summary['global_step']} steps, validation loss "
+            f"{ladder_summary['validation_loss']:.3f}); the widths are those of the base's "
+            "switchable wrapper without QAT (a stand-in for the default run's switchable.model)."
+        )
+    else:
+        cheap_note = (
+            f"Ladder {ladder}: widths of the base's switchable wrapper without QAT (a stand-in "
+            "for the default run's switchable.model, same architecture and sizes), so the "
+            "widths differ more than after QAT."
+        )
     notes = [
-        f"Base model: {base_source}. Cheap/strong: that base at 2 / 8 bits of a switchable "
-        "wrapper without QAT (a stand-in for the default run's switchable.model, same "
-        "architecture and sizes), so the widths differ more than after QAT.",
+        f"Base model: {base_source}. {cheap_note}",
         f"{metrics['test_queries']} held-out test queries; always-cheap quality "
         f"{metrics['always_cheap_quality']:.4f}, always-strong {metrics['always_strong_quality']:.4f} "
         "(mean log-prob per reference token).",
@@ -258,7 +314,8 @@ def run(args: Any) -> None:
     config = {
         "quick": args.quick,
         "base_steps": args.base_steps,
-        "ladder": args.ladder or "2,8",
+        "ladder": ",".join(str(r) for r in params["outcomes"]["ladder"]),
+        "ladder_lm_steps": None if ladder_summary.get("enabled") is False else steps,
         "prompt_tokens": params["queries"]["prompt_tokens"],
         "reference_tokens": params["queries"]["reference_tokens"],
         "epochs": params["training"]["num_train_epochs"],
@@ -281,7 +338,10 @@ def run(args: Any) -> None:
 def main() -> None:
     parser = common.make_parser(__doc__)
     parser.add_argument("--base-steps", type=int, default=300)
-    parser.add_argument("--ladder", default="", help="e.g. 2,4,8 (default: the two-model config)")
+    parser.add_argument(
+        "--ladder", default="", help="e.g. 2,8 or ladder_lm,4,8 (default: the conf's ladder)"
+    )
+    parser.add_argument("--ladder-lm-steps", type=int, default=1000)
     parser.add_argument("--base-path", default="", help="a saved base LM bundle folder to use")
     parser.add_argument("--seeds", default="42,43", help="router training seeds")
     run(parser.parse_args())

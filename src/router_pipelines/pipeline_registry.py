@@ -12,9 +12,9 @@ work cheap.
 - ``precision_router``: + the switchable model (reused or trained) → a per-layer precision
   router on it → comparison with uniform, static and random assignments → ``precision_router``.
   ``precision_router_ptq``: the router on a post-training quantized LM, no switchable step.
-- ``query_router``: + the switchable model (cheap = lowest width, strong = highest) → measured
-  per-query outcomes → an LM fine-tuned to emit ``[[1]]``..``[[5]]`` → APGR/CPT →
-  ``query_router`` and ``routed_lm``.
+- ``query_router``: + the switchable model (strong = its highest width) and the ladder LM (cheap:
+  a smaller LM trained on the same tokens) → measured per-query outcomes → an LM fine-tuned to
+  emit ``[[1]]``..``[[5]]`` → APGR/CPT → ``query_router`` and ``routed_lm``.
 - ``memory``: + the base LM (reused or trained) → a Mixture-of-Chapters memory adapter
   instruction-tuned on the embedded chat corpus → ``memory_lm``.
 - ``mod`` / ``dtf`` / ``depth_routing``: Mixture-of-Depths or the Dynamic Transformer (from

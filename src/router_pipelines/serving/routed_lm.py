@@ -1,6 +1,6 @@
 """pyfunc wrapper of the routed LM (seed 004): each query is routed by the query router, then
-answered by the chosen width of the switchable model; the answer, the model used and its
-measured cost come back::
+answered by the chosen model (a width of the switchable model, or the ladder's model of
+another size, ``ladder_lm``); the answer, the model used and its measured cost come back::
 
     lm = mlflow.pyfunc.load_model("models:/routed_lm/latest")
     lm.predict(["The json module"], params={"max_new_tokens": 20, "target_share": 0.3})
@@ -11,8 +11,9 @@ Over a ladder of more than two widths (e.g. 2, 4, 8 bits) each query takes the r
 best predicted quality minus lambda x cost (:func:`route_questions`), and is answered by it.
 
 ``seconds`` is the wall time of the generation on the serving machine, ``bytes`` the weight
-bytes read for it (the chosen width's packed weight bytes per generated token). The artifacts
-are the switchable model (``model``), the router folder (``router``) and ``routing.json``.
+bytes read for it (the chosen width's packed weight bytes per generated token; the ladder LM's
+weights at 16 bits, the same scale). The artifacts are the switchable model (``model``), the
+router folder (``router``), ``routing.json`` and, when the ladder has it, ``ladder_lm``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from mlflow.models import ModelSignature, infer_signature, set_model
 from mlflow.pyfunc import PythonModel
 
+from router_pipelines.families.query_router import LADDER_LM
 from router_pipelines.models.bundle import load_bundle
 from router_pipelines.serving.generation import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -54,7 +56,7 @@ def width_of(name: str) -> int | None:
 
 
 class RoutedLMModel(PythonModel):
-    """Route, then generate greedily with the chosen width."""
+    """Route, then generate greedily with the chosen model."""
 
     def load_context(self, context: Any) -> None:
         self.bundle = load_bundle(Path(context.artifacts["model"]))
@@ -62,10 +64,21 @@ class RoutedLMModel(PythonModel):
         self.router = load_bundle(Path(context.artifacts["router"]))
         self.router.model.eval()
         self.routing = load_routing(context.artifacts["routing"])
+        self.ladder_lm = None
+        if LADDER_LM in self.routing["ladder"]:
+            self.ladder_lm = load_bundle(Path(context.artifacts[LADDER_LM]))
+            self.ladder_lm.model.eval()
+
+    def _answerer(self, name: str) -> tuple[Any, float]:
+        """The bundle that answers for rung ``name`` (in its state) and its weight bytes."""
+        from router_pipelines.families.switchable.bits import bit_report, fp_weight_bytes
+
+        if name == LADDER_LM:
+            return self.ladder_lm, float(fp_weight_bytes(self.ladder_lm.model))
+        self.bundle.model.set_precision(width_of(name))
+        return self.bundle, float(bit_report(self.bundle.model)["weight_bytes"])
 
     def predict(self, context, model_input, params=None):
-        from router_pipelines.families.switchable.bits import bit_report
-
         params = params or {}
         max_new_tokens = check_max_new_tokens(
             params.get("max_new_tokens", PARAMS["max_new_tokens"])
@@ -79,14 +92,12 @@ class RoutedLMModel(PythonModel):
             params.get("lambda", PARAMS["lambda"]),
         )
         rows = []
-        model = self.bundle.model
         for query, name, strong in zip(queries, routes["model"], routes["p_strong"], strict=True):
-            model.set_precision(width_of(name))
+            answerer, weight_bytes = self._answerer(name)
             start = time.perf_counter()
-            answer = greedy_continuations(self.bundle, [query], max_new_tokens)[0]
+            answer = greedy_continuations(answerer, [query], max_new_tokens)[0]
             seconds = time.perf_counter() - start
-            new_tokens = len(self.bundle.tokenizer.encode(answer, add_special_tokens=False))
-            weight_bytes = float(bit_report(model)["weight_bytes"])
+            new_tokens = len(answerer.tokenizer.encode(answer, add_special_tokens=False))
             rows.append(
                 {
                     "answer": answer,
@@ -96,7 +107,7 @@ class RoutedLMModel(PythonModel):
                     "bytes": weight_bytes * max(new_tokens, 1),
                 }
             )
-        model.set_precision(None)
+        self.bundle.model.set_precision(None)
         import pandas as pd
 
         return pd.DataFrame(rows)

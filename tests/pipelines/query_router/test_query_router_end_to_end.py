@@ -28,8 +28,11 @@ def test_run_writes_outcomes_curves_and_registers_both_models(finished_run):
     root, client = finished_run
     outcomes = pd.read_parquet(root / OUTPUT / "outcomes.parquet")
     assert len(outcomes) == 300  # conf/debug: max_queries
-    for rung in ("2bit", "4bit", "8bit"):
+    for rung in ("ladder_lm", "4bit", "8bit"):  # conf/debug: a 1 x 32 LM below 4 and 8 bits
         assert {f"quality_{rung}", f"seconds_{rung}", f"bytes_{rung}"} <= set(outcomes.columns)
+    assert (outcomes["bytes_ladder_lm"] < outcomes["bytes_4bit"]).all()
+    ladder_lm = json.loads((root / REPORTS / "ladder_lm_summary.json").read_text())
+    assert ladder_lm["origin"] == "train" and ladder_lm["global_step"] == 30
     assert outcomes["label"].between(1, 5).all() and outcomes["question"].str.len().min() > 0
     curves = pd.read_parquet(root / OUTPUT / "evaluation.parquet")
     assert {
@@ -59,6 +62,10 @@ def test_run_writes_outcomes_curves_and_registers_both_models(finished_run):
     run = client.get_run(registration["run_id"])
     assert "query_router/router_apgr" in run.data.metrics
     assert "query_router/train_loss" in run.data.metrics
+    # the ladder LM's training keeps its own metric names beside the router's
+    assert "query_router/ladder_lm_train_loss" in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(registration["run_id"], "query_router")}
+    assert "query_router/ladder_lm_summary.json" in artifacts
 
 
 def test_the_first_registered_router_is_the_champion(finished_run):
@@ -90,10 +97,10 @@ def test_registered_query_router_predicts_scores_and_routes_over_the_ladder(fini
     sums = table[["p_1", "p_2", "p_3", "p_4", "p_5"]].sum(axis=1)
     assert sums.round(5).tolist() == [1.0, 1.0]
     assert (table["p_strong"] - (1 - table["p_4"] - table["p_5"])).abs().max() < 1e-6
-    # conf/debug routes over 2, 4 and 8 bits: quality - lambda x cost picks the rung
-    assert set(table["model"]) <= {"2bit", "4bit", "8bit"}
+    # conf/debug routes over the ladder LM, 4 and 8 bits: quality - lambda x cost picks the rung
+    assert set(table["model"]) <= {"ladder_lm", "4bit", "8bit"}
     cheapest = router.predict(["The json module"], params={"lambda": 1.0e12})
-    assert cheapest["model"].tolist() == ["2bit"] and cheapest["route"].tolist() == ["cheap"]
+    assert cheapest["model"].tolist() == ["ladder_lm"] and cheapest["route"].tolist() == ["cheap"]
 
 
 def test_registered_routed_lm_answers_with_the_chosen_rung_and_its_cost(finished_run):
@@ -106,12 +113,17 @@ def test_registered_routed_lm_answers_with_the_chosen_rung_and_its_cost(finished
     assert all(isinstance(answer, str) for answer in table["answer"])
     assert (table["seconds"] > 0).all()
     cheap = lm.predict(["The json module"], params={"max_new_tokens": 4, "lambda": 1.0e12})
-    assert cheap["model"].tolist() == ["2bit"] and cheap["bytes"][0] > 0
+    assert cheap["model"].tolist() == ["ladder_lm"] and cheap["bytes"][0] > 0
+    # the ladder LM answers from its own weights (fp16 bytes), below the 8-bit model's
+    outcomes = pd.read_parquet(finished_run[0] / OUTPUT / "outcomes.parquet")
+    per_token = outcomes["bytes_ladder_lm"].iloc[0] / 16  # conf/debug: 16 reference tokens
+    new_tokens = cheap["bytes"][0] / per_token
+    assert new_tokens == pytest.approx(round(new_tokens)) and 1 <= round(new_tokens) <= 4
 
 
 def test_an_unchanged_second_run_reuses_the_router(finished_run):
-    """The same project run again: the switchable model and the router are reused (same
-    identity), nothing new is registered, and the champion stays."""
+    """The same project run again: the switchable model, the ladder LM and the router are
+    reused (same identity), nothing new is registered, and the champion stays."""
     from kedro.framework.session import KedroSession
 
     root, client = finished_run
@@ -120,6 +132,9 @@ def test_an_unchanged_second_run_reuses_the_router(finished_run):
         session.run(pipeline_names=["query_router"])
     summary = json.loads((root / REPORTS / "training_summary.json").read_text())
     assert summary["origin"] == "catalog" and summary["fingerprint"] == first["fingerprint"]
+    assert (
+        json.loads((root / REPORTS / "ladder_lm_summary.json").read_text())["origin"] == "catalog"
+    )
     registration = json.loads((root / REPORTS / "registration.json").read_text())
     assert registration["registered"] is False
     assert len(client.search_model_versions("name='query_router_debug'")) == 1

@@ -13,6 +13,7 @@ from kedro.io import DataCatalog
 
 from router_pipelines.pipeline_registry import register_pipelines
 from router_pipelines.pipelines.query_router.config import (
+    check_rung_order,
     parse_query_router_params,
     resolve_ladder,
 )
@@ -30,11 +31,14 @@ def with_change(group: str, key: str, value) -> dict:
 
 def test_committed_defaults_parse():
     parsed = parse_query_router_params(BASE)
-    assert parsed.outcomes.ladder == ["lowest", "highest"]
+    assert parsed.outcomes.ladder == ["ladder_lm", "highest"]
+    assert parsed.ladder_lm.model.preset == "debug" and parsed.ladder_lm.source.source == "auto"
+    assert parsed.ladder_lm.training.max_steps == 1000
     assert parsed.prompt.user_template == "[Question]\n{question}\n\nPrediction:\n"
     assert parsed.prompt.system.startswith("[Instruction]\nBased on the question provided below")
     assert parsed.training.num_train_epochs == 3 and parsed.switchable.source == "auto"
-    assert resolve_ladder(parsed.outcomes.ladder, [2, 4, 8]) == [2, 8]
+    assert resolve_ladder(parsed.outcomes.ladder, [2, 4, 8]) == ["ladder_lm", 8]
+    assert resolve_ladder(["lowest", "highest"], [2, 4, 8]) == [2, 8]
 
 
 @pytest.mark.parametrize(
@@ -45,6 +49,10 @@ def test_committed_defaults_parse():
         ("outcomes", "ladder", [8, 8], r"ladder: \[8, 8\] names a model twice"),
         ("outcomes", "ladder", [4], r"ladder: \[4\] needs at least a cheap and a strong"),
         ("outcomes", "ladder", [2, 9], r"ladder: rung 9 is not allowed"),
+        ("outcomes", "ladder", ["small", 8], r"ladder: rung 'small' is not allowed.*'ladder_lm'"),
+        ("ladder_lm", "model", {"preset": "huge"}, r"query_router.ladder_lm.model.preset"),
+        ("ladder_lm", "source", {"source": "hub"}, r"query_router.ladder_lm.source.source"),
+        ("ladder_lm", "size", 3, r"query_router.ladder_lm: unknown key 'size'"),
         ("outcomes", "label_quantiles", [0.5, 0.2, 0.6, 0.8], r"label_quantiles: \[0.5, 0.2"),
         ("outcomes", "cost", "tokens", r"cost: 'tokens' is not allowed"),
         ("data", "n_sample", 0, r"query_router.data.n_sample"),
@@ -62,6 +70,15 @@ def test_ladder_of_three_needs_the_model_field():
     params = with_change("outcomes", "ladder", [2, 4, 8])
     with pytest.raises(ValueError, match=r"user_template: a ladder of 3 models .* \{model\}"):
         parse_query_router_params(params)
+
+
+def test_a_ladder_out_of_byte_order_is_refused_naming_both_rungs():
+    check_rung_order(["ladder_lm", "8bit"], [1_000, 2_000])
+    with pytest.raises(
+        ValueError,
+        match=r"'ladder_lm' reads 3,000 weight bytes per token and the next rung '8bit' 2,000",
+    ):
+        check_rung_order(["ladder_lm", "8bit"], [3_000, 2_000])
 
 
 def test_ladder_resolving_to_one_model_is_refused():
@@ -128,6 +145,14 @@ GOOD = {
         (
             {"query_router": {"training": {"output_dir": "pyproject.toml"}}},
             r"query_router.training.output_dir: 'pyproject.toml' is a file",
+        ),
+        (
+            {"query_router": {"ladder_lm": {"training": {"output_dir": "pyproject.toml"}}}},
+            r"query_router.ladder_lm.training.output_dir: 'pyproject.toml' is a file",
+        ),
+        (
+            {"query_router": {"ladder_lm": {"model": {"max_positions": 32}}}},
+            r"data.seq_len: 64 exceeds the 32 positions of the ladder LM",
         ),
     ],
 )

@@ -17,7 +17,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from router_pipelines.data.token_store import TokenBlocks
-from router_pipelines.datasets import ModelVersionsDataset, PretrainedModelDataset
+from router_pipelines.datasets import (
+    ModelVersionsDataset,
+    OptionalModelDataset,
+    PretrainedModelDataset,
+)
 from router_pipelines.models.bundle import ModelBundle, load_bundle, save_bundle
 from router_pipelines.models.query_router import label_token_ids
 from router_pipelines.models.switchable import SwitchableConfig, SwitchableLM
@@ -36,7 +40,20 @@ def _params(tmp_path: Path, **groups) -> dict:
     params["training"].update(
         output_dir=str(tmp_path / "ckpt"), num_train_epochs=2, batch_size=8, progress_bar=False
     )
-    params["outcomes"]["warmup"] = 0
+    params["outcomes"].update(warmup=0, ladder=["lowest", "highest"])  # widths of one model
+    params["ladder_lm"]["model"].update(
+        max_positions=96, overrides={"n_layer": 1, "n_embd": 16, "n_inner": 32}
+    )
+    params["ladder_lm"]["training"].update(
+        output_dir=str(tmp_path / "ladder_ckpt"),
+        max_steps=20,
+        warmup_steps=2,
+        eval_steps=10,
+        eval_max_batches=2,
+        save_steps=20,
+        logging_steps=5,
+        progress_bar=False,
+    )
     params["register"]["enabled"] = False
     for group, values in groups.items():
         params[group].update(values)
@@ -86,7 +103,16 @@ class KeptDataset(MemoryDataset):
         pass
 
 
-OUTPUTS = ("queries", "outcomes", "model", "training_summary", "evaluation", "routing_metrics")
+OUTPUTS = (
+    "queries",
+    "outcomes",
+    "model",
+    "training_summary",
+    "evaluation",
+    "routing_metrics",
+    "ladder_lm",
+    "ladder_lm_summary",
+)
 
 
 class NoRegistry:
@@ -97,10 +123,18 @@ class NoRegistry:
 
 
 def _run(params: dict, models_and_data, models_dir: Path | None = None) -> dict:
-    """The slice up to the evaluation; with ``models_dir`` the router is saved there as the
-    catalog does (versioned) and earlier versions are offered for reuse."""
+    """The slice up to the evaluation; with ``models_dir`` the router and the ladder LM are
+    saved there as the catalog does (versioned) and earlier versions are offered for reuse."""
     base, switchable, tokens = models_and_data
     catalog = DataCatalog({f"query_router.{name}": KeptDataset() for name in OUTPUTS})
+    ladder_dir = (models_dir or Path(params["training"]["output_dir"]) / "none") / "ladder_lm"
+    if models_dir is not None:
+        catalog["query_router.ladder_lm"] = OptionalModelDataset(
+            path=str(ladder_dir), version=Version(None, None)
+        )
+    catalog["query_router.saved_ladder_lms"] = ModelVersionsDataset(path=str(ladder_dir))
+    catalog["train_tokens"] = tokens
+    catalog["tokenizer"] = base.tokenizer
     if models_dir is None:
         # an empty store: nothing to reuse; the router stays in memory
         models_dir = Path(params["training"]["output_dir"]) / "no_models"
@@ -174,6 +208,7 @@ def test_slice_routes_over_a_ladder(tmp_path, models_and_data):
     out = _run(params, models_and_data)
     train = out["outcomes"][out["outcomes"]["split"] == "train"]
     assert out["training_summary"]["examples"] == 2 * len(train)  # one example per lower rung
+    assert out["ladder_lm"]["enabled"] is False  # not on the ladder: nothing trained
     table = out["evaluation"]
     assert {"ladder_router", "ladder_router_lambda", "ladder_oracle"} <= set(table["router"])
     metrics = out["routing_metrics"]["metrics"]
@@ -184,6 +219,77 @@ def test_slice_routes_over_a_ladder(tmp_path, models_and_data):
     # score 5 (good enough) means a smaller gap to the strongest rung than score 1
     assert rule["gap_means"][4] < rule["gap_means"][0]
     assert metrics["ladder_2bit_cost"] < metrics["ladder_4bit_cost"] < metrics["ladder_8bit_cost"]
+
+
+LADDER_TEMPLATE = "[Question]\n{question}\n\n[Model]\n{model}\n\nPrediction:\n"
+
+
+def test_slice_routes_between_models_of_two_sizes(tmp_path, models_and_data):
+    """``ladder_lm``: a smaller causal LM trained by the pretrain code on the same tokens is the
+    cheapest rung, below two widths of the switchable model; a rerun reuses it."""
+    params = _params(
+        tmp_path,
+        outcomes={"ladder": ["ladder_lm", 4, 8]},
+        prompt={"user_template": LADDER_TEMPLATE},
+    )
+    params["training"]["num_train_epochs"] = 1
+    models = tmp_path / "models"
+    out = _run(params, models_and_data, models)
+    ladder_lm = out["ladder_lm"]
+    assert ladder_lm.model.config.n_layer == 1 and ladder_lm.model.config.n_embd == 16
+    first = out["ladder_lm_summary"]
+    assert first["origin"] == "train" and first["global_step"] == 20
+    outcomes = out["outcomes"]
+    n_params = sum(p.numel() for p in ladder_lm.model.parameters())
+    np.testing.assert_array_equal(outcomes["bytes_ladder_lm"], 2 * n_params * 8)  # fp16 x 8 tokens
+    assert (outcomes["bytes_ladder_lm"] < outcomes["bytes_4bit"]).all()
+    # the 1 x 16 model, 20 steps, is the weaker one: the labels measure a real gap
+    assert outcomes["quality_ladder_lm"].mean() < outcomes["quality_8bit"].mean() - 0.1
+    assert outcomes["label"].equals(outcomes["label_ladder_lm"])
+    metrics = out["routing_metrics"]["metrics"]
+    assert metrics["ladder_ladder_lm_cost"] < metrics["ladder_4bit_cost"]
+    assert out["routing_metrics"]["ladder"] == ["ladder_lm", "4bit", "8bit"]
+    again = _run(copy.deepcopy(params), models_and_data, models)
+    assert again["ladder_lm_summary"]["origin"] == "catalog"
+    assert again["ladder_lm_summary"]["fingerprint"] == first["fingerprint"]
+    np.testing.assert_array_equal(
+        again["outcomes"]["quality_ladder_lm"], outcomes["quality_ladder_lm"]
+    )
+
+
+def test_the_ladder_lm_can_be_any_saved_causal_lm_on_the_same_tokenizer(tmp_path, models_and_data):
+    """``ladder_lm.source: pretrained`` with ``model.name_or_path``: a causal LM folder as it
+    is (here a smaller GPT-2 saved locally), no training."""
+    torch.manual_seed(3)
+    folder = tmp_path / "small_gpt2"
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=8, n_head=2, n_inner=16, vocab_size=VOCAB, n_positions=96)
+    ).save_pretrained(folder)
+    params = _params(tmp_path, outcomes={"ladder": ["ladder_lm", "highest"]})
+    params["ladder_lm"]["source"] = {"source": "pretrained"}
+    params["ladder_lm"]["model"]["name_or_path"] = str(folder)
+    params["training"]["num_train_epochs"] = 1
+    out = _run(params, models_and_data)
+    assert out["ladder_lm_summary"] == {"origin": "pretrained", "name_or_path": str(folder)}
+    assert out["ladder_lm"].model.config.n_embd == 8
+    assert not (tmp_path / "ladder_ckpt").exists()  # nothing trained
+    outcomes = out["outcomes"]
+    assert (outcomes["bytes_ladder_lm"] < outcomes["bytes_8bit"]).all()
+    # an untrained model: far below the strong one
+    assert outcomes["quality_ladder_lm"].mean() < outcomes["quality_8bit"].mean()
+
+
+def test_a_ladder_lm_larger_than_the_next_rung_is_refused_before_training(
+    tmp_path, models_and_data
+):
+    params = _params(tmp_path, outcomes={"ladder": ["ladder_lm", "highest"]})
+    params["ladder_lm"]["model"]["overrides"] = {"n_layer": 4, "n_embd": 64, "n_inner": 128}
+    with pytest.raises(
+        ValueError,
+        match=r"'ladder_lm' reads [\d,]+ weight bytes per token and the next rung '8bit'",
+    ):
+        _run(params, models_and_data)
+    assert not (tmp_path / "ladder_ckpt").exists()
 
 
 def test_slice_trains_on_the_seed_jsonl(tmp_path, models_and_data):

@@ -10,6 +10,7 @@ from router_pipelines.lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
+        "LADDER_LM": "outcomes",
         "PromptConfig": "prompts",
         "QueryConfig": "outcomes",
         "RouterExamples": "prompts",

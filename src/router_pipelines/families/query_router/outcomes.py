@@ -28,6 +28,8 @@ import numpy as np
 from router_pipelines.config import check_fraction, check_int
 
 SPLITS = ("train", "calibration", "test")
+# The rung that is a model of its own (query_router.ladder_lm), not a width of a switchable model.
+LADDER_LM = "ladder_lm"
 
 
 @dataclass

@@ -113,3 +113,10 @@ def bit_report(model: nn.Module) -> dict[str, float | int]:
         "quantized_weights": linear_weights,
         "total_params": total_params,
     }
+
+
+def fp_weight_bytes(model: nn.Module) -> int:
+    """Bytes to store an unquantized ``model`` on :func:`bit_report`'s scale: every parameter
+    at ``FP_BITS`` (fp16), tied tensors once. The cost of a model of another size beside the
+    switchable model's widths (the query router's ``ladder_lm``)."""
+    return sum(p.numel() for p in model.parameters()) * FP_BITS // 8

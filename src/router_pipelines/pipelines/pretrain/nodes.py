@@ -64,6 +64,7 @@ def train_base_model(
     source_params: dict[str, Any] | None = None,
     *,
     source_key: str = "pretrain.source",
+    metric_prefix: str = "",
 ) -> tuple[Any, dict[str, Any], Any, dict[str, Any]]:
     """The base causal LM: trained from its preset (or hub/local weights), or reused.
 
@@ -71,6 +72,9 @@ def train_base_model(
     (``ModelSourceConfig``, e.g. ``switchable.base`` when the switchable pipeline runs alone)
     a compatible saved or registered model is reused first, see
     :func:`~router_pipelines.model_source.resolve_source`.
+
+    ``metric_prefix`` goes before every logged metric name (another family's node training a
+    causal LM of its own, e.g. the query router's ``ladder_lm_``, keeps its metrics apart).
 
     Returns:
         The model with its tokenizer, a summary (numbers and where it came from), the loss-curve
@@ -101,7 +105,9 @@ def train_base_model(
         return decision.bundle, summary, history_figure(decision.metadata, "pretrain"), resolved
     if decision.origin == "pretrained":
         return _pretrained_as_is(params, tokenizer, identity, resolved)
-    bundle, summary, figure = _train(params, identity, train_tokens, validation_tokens, tokenizer)
+    bundle, summary, figure = _train(
+        params, identity, train_tokens, validation_tokens, tokenizer, metric_prefix
+    )
     return bundle, summary, figure, resolved
 
 
@@ -111,6 +117,7 @@ def _train(
     train_tokens: Any,
     validation_tokens: Any,
     tokenizer: Any,
+    metric_prefix: str = "",
 ) -> tuple[Any, dict[str, Any], Any]:
     from router_pipelines.data.torch_dataset import TokenBlockDataset
     from router_pipelines.models.bundle import ModelBundle
@@ -129,7 +136,7 @@ def _train(
         train_set,
         eval_set,
         config=params.training,
-        log_fn=metric_logger(),
+        log_fn=metric_logger(metric_prefix),
         run_config={key: value for key, value in identity.inputs.items() if key != "training"},
     )
     result = trainer.train()
@@ -141,7 +148,7 @@ def _train(
         training.eval_batch_size or training.batch_size,
         training.eval_max_batches,
     )
-    log_metrics(validation, step=result.global_step)
+    log_metrics({f"{metric_prefix}{k}": v for k, v in validation.items()}, step=result.global_step)
     summary = trained_summary(result, identity, **validation)
     logger.info("Base model trained: %s", summary)
     bundle = ModelBundle(

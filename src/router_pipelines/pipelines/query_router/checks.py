@@ -1,6 +1,8 @@
 """Pre-run checks of the ``query_router`` group against the other groups (see validation.py).
 
-What is known before any model exists: the ladder against the switchable widths
+What is known before any model exists: the ladder LM's checkpoint folder and positions against
+``data.seq_len`` (when the ladder names ``ladder_lm``; its size against the widths is checked on a weightless build in its
+node, before training), the ladder against the switchable widths
 (``switchable.model.bit_widths``), the query windows against ``data.seq_len``, the seed JSONL
 (read and checked whole: it is small), the checkpoint folder and a registry version that must
 exist, and the promotion rule's metrics. A prompt longer than the router's positions is only known once the tokenizer exists;
@@ -26,6 +28,26 @@ def check_query_router(run: RunParameters) -> list[str]:
         )
     ]
     log_precision("query_router.training", params.training)
+    from router_pipelines.pipelines.query_router.config import LADDER_LM
+
+    if LADDER_LM in params.outcomes.ladder:
+        problems.append(
+            path_problem(
+                "query_router.ladder_lm.training.output_dir",
+                params.ladder_lm.training.output_dir,
+                must_be="folder",
+            )
+        )
+        log_precision("query_router.ladder_lm.training", params.ladder_lm.training)
+        from router_pipelines.pipelines.pretrain.checks import model_positions
+
+        positions, _ = model_positions(params.ladder_lm.model)
+        data = run.parsed.get("data")
+        if data is not None and positions is not None and data.seq_len > positions:
+            problems.append(
+                f"data.seq_len: {data.seq_len} exceeds the {positions} positions of the ladder LM; "
+                "raise query_router.ladder_lm.model.max_positions"
+            )
     if "query_router.switchable" in run.used_params:
         problems.append(
             registry_problem(run, "query_router.switchable", params.switchable, "switchable_lm")

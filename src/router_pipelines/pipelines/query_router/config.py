@@ -5,7 +5,8 @@ scored on them and the label quantiles), ``data`` (the seed's JSONL instead of m
 ``prompt`` (the router's instruction), ``router`` (its base LM), ``training`` (the shared engine,
 counted in epochs like the seed's SFT), ``evaluation`` and ``register``; ``switchable`` says
 where the switchable model comes from when the pipeline runs on its own, ``source`` whether a
-saved or registered router with the same identity is reused.
+saved or registered router with the same identity is reused; ``ladder_lm`` is the ladder's
+model of another size (rung ``ladder_lm``).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from router_pipelines.config import (
     config_from_dict,
     unknown_keys_message,
 )
-from router_pipelines.families.query_router import PromptConfig, QueryConfig
+from router_pipelines.families.query_router import LADDER_LM, PromptConfig, QueryConfig
 from router_pipelines.families.query_router.prompts import MODEL_FIELD
 from router_pipelines.model_source import ModelSourceConfig, check_trained_source
+from router_pipelines.models.presets import ModelConfig
 from router_pipelines.training.config import TrainingConfig
 
 SYMBOLIC_RUNGS = ("lowest", "highest")
@@ -34,10 +36,11 @@ COSTS = ("bytes", "seconds")
 
 @dataclass
 class OutcomeConfig:
-    """``query_router.outcomes``: the ladder (widths of the switchable model, cheapest first:
-    2..8, ``fp``, ``lowest``, ``highest``), label quantiles and the ladder's cost axis."""
+    """``query_router.outcomes``: the ladder, cheapest first (widths of the switchable model:
+    2..8, ``fp``, ``lowest``, ``highest``; and ``ladder_lm``, the model of another size of
+    ``query_router.ladder_lm``), label quantiles and the ladder's cost axis."""
 
-    ladder: list[Any] = field(default_factory=lambda: ["lowest", "highest"])
+    ladder: list[Any] = field(default_factory=lambda: [LADDER_LM, "highest"])
     label_quantiles: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
     cost: str = "bytes"  # bytes | seconds: the cost axis of the ladder's curves
     batch_size: int = 32  # queries per scoring forward pass (padded; same numbers as batch 1)
@@ -50,12 +53,13 @@ class OutcomeConfig:
                 "[lowest, highest] or [2, 4, 8]"
             )
         for rung in self.ladder:
-            valid = rung in (*SYMBOLIC_RUNGS, "fp") or (
+            valid = rung in (*SYMBOLIC_RUNGS, "fp", LADDER_LM) or (
                 isinstance(rung, int) and not isinstance(rung, bool) and 2 <= rung <= 8
             )
             if not valid:
                 raise ValueError(
-                    f"ladder: rung {rung!r} is not allowed; use 2..8, 'fp', 'lowest' or 'highest'"
+                    f"ladder: rung {rung!r} is not allowed; use 2..8, 'fp', 'lowest', 'highest' "
+                    f"(widths of the switchable model) or {LADDER_LM!r} (query_router.ladder_lm)"
                 )
         if len(set(map(str, self.ladder))) != len(self.ladder):
             raise ValueError(
@@ -76,6 +80,26 @@ class OutcomeConfig:
             raise ValueError(f"cost: {self.cost!r} is not allowed; choose one of {list(COSTS)}")
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("warmup", self.warmup, minimum=0)
+
+
+@dataclass
+class LadderLMConfig:
+    """``query_router.ladder_lm``: the ladder's model of another size (rung ``ladder_lm``), a
+    causal LM on the data's tokenizer. ``model`` and ``training`` are ``pretrain``'s fields:
+    it is trained like the base LM (same code, engine, tokens and steps), by default at the
+    ``debug`` preset, smaller than the base LM; ``source: auto`` reuses a saved one with the
+    same identity; ``source: pretrained`` takes ``model.name_or_path`` as it is. Trained only
+    when the ladder names ``ladder_lm``."""
+
+    source: ModelSourceConfig = field(
+        default_factory=lambda: ModelSourceConfig(source="auto", registry_name="ladder_lm")
+    )
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(preset="debug"))
+    training: TrainingConfig = field(
+        default_factory=lambda: TrainingConfig(
+            output_dir="data/06_models/checkpoints/query_router_ladder_lm"
+        )
+    )
 
 
 @dataclass
@@ -163,6 +187,7 @@ class QueryRouterParams:
     )
     queries: QueryConfig = field(default_factory=QueryConfig)
     outcomes: OutcomeConfig = field(default_factory=OutcomeConfig)
+    ladder_lm: LadderLMConfig = field(default_factory=LadderLMConfig)
     data: SeedDataConfig = field(default_factory=SeedDataConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     router: RouterModelConfig = field(default_factory=RouterModelConfig)
@@ -179,6 +204,7 @@ GROUPS = (
     "source",
     "queries",
     "outcomes",
+    "ladder_lm",
     "data",
     "prompt",
     "router",
@@ -213,16 +239,18 @@ def parse_query_router_params(params: dict[str, Any] | None) -> QueryRouterParam
 
 def resolve_ladder(ladder: list[Any], bit_widths: list[int]) -> list[Any]:
     """Ladder entries as widths of the switchable model (``lowest`` / ``highest`` resolved),
-    cheapest first; ``fp`` stays ``"fp"``.
+    cheapest first; ``fp`` stays ``"fp"`` and ``ladder_lm`` stays ``"ladder_lm"`` (its place
+    among the widths is checked on its measured bytes, :func:`check_rung_order`).
 
     Raises:
-        ValueError: a width the model was not trained for, or the same model twice.
+        ValueError: a width the model was not trained for, the same model twice, or widths
+            out of order.
     """
     widths = sorted(int(w) for w in bit_widths)
     resolved = []
     for rung in ladder:
         value = {"lowest": widths[0], "highest": widths[-1]}.get(rung, rung)
-        if value != "fp" and value not in widths:
+        if value not in ("fp", LADDER_LM) and value not in widths:
             raise ValueError(
                 f"query_router.outcomes.ladder: width {rung!r} is not one of the switchable "
                 f"model's widths {widths} (or fp)"
@@ -233,7 +261,7 @@ def resolve_ladder(ladder: list[Any], bit_widths: list[int]) -> list[Any]:
             f"query_router.outcomes.ladder: {ladder} resolves to {resolved} on widths {widths}: "
             "the cheap and strong models are the same"
         )
-    order = [99 if r == "fp" else r for r in resolved]
+    order = [99 if r == "fp" else r for r in resolved if r != LADDER_LM]
     if order != sorted(order):
         raise ValueError(
             f"query_router.outcomes.ladder: {resolved} must go from the cheapest to the "
@@ -242,5 +270,28 @@ def resolve_ladder(ladder: list[Any], bit_widths: list[int]) -> list[Any]:
     return resolved
 
 
+def check_rung_order(names: list[str], weight_bytes: list[int]) -> None:
+    """The ladder goes from the cheapest model to the strongest by the weight bytes each reads
+    per generated token (measured on the models, not assumed).
+
+    Raises:
+        ValueError: a rung reads more bytes than the next one, naming both.
+    """
+    for i in range(len(names) - 1):
+        (a, bytes_a), (b, bytes_b) = (
+            (names[i], weight_bytes[i]),
+            (names[i + 1], weight_bytes[i + 1]),
+        )
+        if bytes_a > bytes_b:
+            raise ValueError(
+                f"query_router.outcomes.ladder: {names} must go from the cheapest to the "
+                f"strongest model, but {a!r} reads {bytes_a:,} weight bytes per token and the "
+                f"next rung {b!r} {bytes_b:,}; reorder the ladder or change "
+                "query_router.ladder_lm.model"
+            )
+
+
 def rung_name(width: Any) -> str:
-    return "fp" if width == "fp" else f"{int(width)}bit"
+    if width in ("fp", LADDER_LM):
+        return str(width)
+    return f"{int(width)}bit"

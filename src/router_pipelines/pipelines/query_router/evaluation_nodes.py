@@ -11,6 +11,7 @@ import numpy as np
 from router_pipelines.pipelines.common import registration_skipped
 from router_pipelines.pipelines.query_router.config import (
     HEADLINE_METRICS,
+    LADDER_LM,
     parse_query_router_params,
 )
 from router_pipelines.pipelines.query_router.nodes import FAMILY, ladder_names
@@ -325,12 +326,14 @@ def routing_figure(table: Any) -> Any:
 def register_router(
     router_model: Any,
     switchable_model: Any,
+    ladder_lm: Any,
     routing_metrics: dict[str, Any],
     training_summary: dict[str, Any],
     register_params: dict[str, Any],
 ) -> dict[str, Any]:
     """Register the router as ``query_router`` and the routed LM as ``routed_lm`` (router +
-    switchable model), each with the routing document and the headline metrics as tags."""
+    switchable model, + the ladder LM when the ladder has it), each with the routing document
+    and the headline metrics as tags."""
     import tempfile
     from pathlib import Path
 
@@ -361,13 +364,22 @@ def register_router(
         )
         router_dir = Path(tmp) / "router"
         save_bundle(router_model, router_dir)
+        artifacts = {"routing": str(routing), "router": str(router_dir)}
+        if LADDER_LM in routing_metrics.get("ladder", []):
+            if isinstance(ladder_lm, dict) or ladder_lm is None:
+                raise ValueError(
+                    f"register_router: the routing ladder {routing_metrics['ladder']} names "
+                    f"{LADDER_LM!r} but no ladder LM was provided"
+                )
+            save_bundle(ladder_lm, Path(tmp) / LADDER_LM)
+            artifacts[LADDER_LM] = str(Path(tmp) / LADDER_LM)
         routed_info = register_model(
             switchable_model,
             config.routed_name,
             wrapper="routed_lm",
             tags={**tags, **headline},  # the router's metrics, already linked to the router
             description=config.description,
-            extra_artifacts={"routing": str(routing), "router": str(router_dir)},
+            extra_artifacts=artifacts,
         )
     return {
         "registered": True,

@@ -13,6 +13,8 @@ from typing import Any
 
 from router_pipelines.pipelines.common import history_figure, thin_history, trained_summary
 from router_pipelines.pipelines.query_router.config import (
+    LADDER_LM,
+    check_rung_order,
     parse_query_router_params,
     resolve_ladder,
     rung_name,
@@ -32,15 +34,102 @@ def cut_router_queries(validation_tokens: Any, queries_params: dict[str, Any]) -
     return cut_queries(validation_tokens.input_ids, validation_tokens.attention_mask, config)
 
 
-def switchable_rungs(switchable_model: Any, ladder: list[Any]) -> list[Any]:
-    """The ladder as :class:`Rung` s of one switchable model, one weight width each."""
+def provide_ladder_lm(
+    train_tokens: Any,
+    validation_tokens: Any,
+    tokenizer: Any,
+    switchable_model: Any,
+    saved_models: Any,
+    model_registry: Any,
+    outcomes_params: dict[str, Any],
+    ladder_lm_params: dict[str, Any],
+) -> tuple[Any, dict[str, Any]]:
+    """The ladder's model of another size (``query_router.ladder_lm``), trained like the base
+    LM by the pretrain code on the same tokens (metrics logged as ``ladder_lm_*``), reused when
+    a saved one has the same identity, or a pretrained causal LM as is; a skip marker when the
+    ladder does not name ``ladder_lm``. A from-scratch model's place in the ladder (by weight
+    bytes against the switchable model's rungs) is checked on a weightless build first, so a
+    misordered ladder fails before any training.
+
+    Returns:
+        The model bundle (or ``{"enabled": False, ...}``) and its summary.
+    """
+    from router_pipelines.pipelines.pretrain.nodes import train_base_model
+
+    params = parse_query_router_params({"outcomes": outcomes_params, "ladder_lm": ladder_lm_params})
+    if LADDER_LM not in params.outcomes.ladder:
+        reason = f"query_router.outcomes.ladder {params.outcomes.ladder} has no {LADDER_LM!r}"
+        logger.info("No ladder LM: %s", reason)
+        marker = {"enabled": False, "reason": reason}
+        return marker, marker
+    config = params.ladder_lm
+    if config.model.name_or_path is None:
+        from types import SimpleNamespace
+
+        planned = SimpleNamespace(model=_weightless(config.model, tokenizer), tokenizer=tokenizer)
+        ladder_rungs(switchable_model, planned, params.outcomes.ladder)
+    bundle, summary, _figure, _resolved = train_base_model(
+        train_tokens,
+        validation_tokens,
+        tokenizer,
+        saved_models,
+        model_registry,
+        dataclasses.asdict(config.model),
+        dataclasses.asdict(config.training),
+        {"enabled": False},
+        {"enabled": False, "name": config.source.registry_name or LADDER_LM},
+        dataclasses.asdict(config.source),
+        source_key="query_router.ladder_lm.source",
+        metric_prefix=f"{LADDER_LM}_",
+    )
+    bundle.metadata["ladder_rung"] = LADDER_LM
+    logger.info("Ladder LM (%s): %s", config.model.name_or_path or config.model.preset, summary)
+    return bundle, summary
+
+
+def _weightless(model_config: Any, tokenizer: Any) -> Any:
+    """A from-scratch preset model on the meta device: its shape, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from router_pipelines.models.presets import transformers_config
+
+    special_ids = {key: getattr(tokenizer, key) for key in ("bos_token_id", "eos_token_id")}
+    special_ids["pad_token_id"] = tokenizer.pad_token_id
+    hf_config = transformers_config(model_config, len(tokenizer), special_ids)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(hf_config)
+
+
+def ladder_rungs(switchable_model: Any, ladder_lm: Any, ladder: list[Any]) -> list[Any]:
+    """The ladder as :class:`Rung` s: widths of one switchable model, and ``ladder_lm``.
+
+    Raises:
+        ValueError: a width the switchable model lacks, the same model twice, a ladder not
+            ordered by measured weight bytes, or ``ladder_lm`` asked for but skipped.
+    """
     from router_pipelines.families.query_router import Rung
-    from router_pipelines.families.switchable.bits import bit_report
+    from router_pipelines.families.switchable.bits import bit_report, fp_weight_bytes
 
     model = switchable_model.model
     widths = resolve_ladder(ladder, list(model.switchable_config.bit_widths))
     rungs = []
     for width in widths:
+        if width == LADDER_LM:
+            if isinstance(ladder_lm, dict) or ladder_lm is None:
+                raise ValueError(
+                    f"query_router.outcomes.ladder: {ladder} names {LADDER_LM!r} but no ladder "
+                    f"LM was provided ({(ladder_lm or {}).get('reason', 'skipped')})"
+                )
+            rungs.append(
+                Rung(
+                    LADDER_LM,
+                    ladder_lm.model,
+                    ladder_lm.tokenizer,
+                    weight_bytes=fp_weight_bytes(ladder_lm.model),
+                )
+            )
+            continue
         bits = None if width == "fp" else int(width)
         model.set_precision(bits)
         rungs.append(
@@ -53,10 +142,13 @@ def switchable_rungs(switchable_model: Any, ladder: list[Any]) -> list[Any]:
             )
         )
     model.set_precision(None)
+    check_rung_order([r.name for r in rungs], [r.weight_bytes for r in rungs])
     return rungs
 
 
-def measure_outcomes(queries: Any, switchable_model: Any, outcomes_params: dict[str, Any]) -> Any:
+def measure_outcomes(
+    queries: Any, switchable_model: Any, ladder_lm: Any, outcomes_params: dict[str, Any]
+) -> Any:
     """Quality and measured cost of every rung of the ladder on every query, and the labels.
 
     Returns:
@@ -68,7 +160,7 @@ def measure_outcomes(queries: Any, switchable_model: Any, outcomes_params: dict[
     from router_pipelines.tracking import log_metrics
 
     config = parse_query_router_params({"outcomes": outcomes_params}).outcomes
-    rungs = switchable_rungs(switchable_model, config.ladder)
+    rungs = ladder_rungs(switchable_model, ladder_lm, config.ladder)
     scored = score_rungs(queries, rungs, warmup=config.warmup, batch_size=config.batch_size)
     switchable_model.model.set_precision(None)
     outcomes, edges = add_labels(scored, [r.name for r in rungs], config.label_quantiles)

@@ -12,15 +12,17 @@ from router_pipelines.pipelines.query_router.evaluation_nodes import (
 from router_pipelines.pipelines.query_router.nodes import (
     cut_router_queries,
     measure_outcomes,
+    provide_ladder_lm,
     train_router,
 )
 from router_pipelines.promotion import DATA_REPORT, promotion_node
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """The ``query_router`` namespace, reading ``switchable.model`` (the cheap and strong
-    models: its widths), ``pretrain.model`` (the router's base LM), ``validation_tokens``, the
-    saved routers and the registry (reuse) and the data report (promotion)."""
+    """The ``query_router`` namespace, reading ``switchable.model`` (the ladder's widths),
+    ``pretrain.model`` (the router's base LM), the tokens and tokenizer (queries, and the
+    ladder's model of another size, ``ladder_lm``), the saved routers and the registry
+    (reuse) and the data report (promotion)."""
     nodes = [
         Node(
             cut_router_queries,
@@ -29,8 +31,23 @@ def create_pipeline(**kwargs) -> Pipeline:
             name="cut_router_queries",
         ),
         Node(
+            provide_ladder_lm,
+            [
+                "train_tokens",
+                "validation_tokens",
+                "tokenizer",
+                "switchable_model",
+                "saved_ladder_lms",
+                "model_registry",
+                "params:outcomes",
+                "params:ladder_lm",
+            ],
+            ["ladder_lm", "ladder_lm_summary"],
+            name="provide_ladder_lm",
+        ),
+        Node(
             measure_outcomes,
-            ["queries", "switchable_model", "params:outcomes"],
+            ["queries", "switchable_model", "ladder_lm", "params:outcomes"],
             "outcomes",
             name="measure_outcomes",
         ),
@@ -61,6 +78,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             [
                 "model",
                 "switchable_model",
+                "ladder_lm",
                 "routing_metrics",
                 "training_summary",
                 "params:register",
@@ -81,7 +99,9 @@ def create_pipeline(**kwargs) -> Pipeline:
         inputs={
             "switchable_model": "switchable.model",
             "base_model": "pretrain.model",
+            "train_tokens": "train_tokens",
             "validation_tokens": "validation_tokens",
+            "tokenizer": "tokenizer",
             "model_registry": "model_registry",
             DATA_REPORT: DATA_REPORT,
         },
