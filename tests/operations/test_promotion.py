@@ -138,10 +138,14 @@ def test_a_companion_without_a_champion_takes_the_one_from_its_champions_run(sto
     source.mkdir()
     for name in ("lm", "companion"):
         client.create_registered_model(name)
+    # an experiment of this store: the fluent API's active experiment may be another test's
+    experiment = client.get_experiment_by_name("companions") or client.get_experiment(
+        client.create_experiment("companions")
+    )
     try:
 
         def register(perplexity: float) -> tuple[dict, str]:
-            with mlflow.start_run() as run:
+            with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
                 run_id = run.info.run_id
             lm = client.create_model_version("lm", str(source), run_id=run_id)
             companion = client.create_model_version("companion", str(source), run_id=run_id)
