@@ -12,6 +12,7 @@ model of another size (rung ``ladder_lm``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from router_pipelines.config import (
@@ -277,11 +278,7 @@ def check_rung_order(names: list[str], weight_bytes: list[int]) -> None:
     Raises:
         ValueError: a rung reads more bytes than the next one, naming both.
     """
-    for i in range(len(names) - 1):
-        (a, bytes_a), (b, bytes_b) = (
-            (names[i], weight_bytes[i]),
-            (names[i + 1], weight_bytes[i + 1]),
-        )
+    for (a, bytes_a), (b, bytes_b) in pairwise(zip(names, weight_bytes, strict=True)):
         if bytes_a > bytes_b:
             raise ValueError(
                 f"query_router.outcomes.ladder: {names} must go from the cheapest to the "

@@ -90,15 +90,11 @@ def provide_ladder_lm(
 def _weightless(model_config: Any, tokenizer: Any) -> Any:
     """A from-scratch preset model on the meta device: its shape, no weights."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from router_pipelines.models.presets import transformers_config
+    from router_pipelines.models.presets import build_causal_lm
 
-    special_ids = {key: getattr(tokenizer, key) for key in ("bos_token_id", "eos_token_id")}
-    special_ids["pad_token_id"] = tokenizer.pad_token_id
-    hf_config = transformers_config(model_config, len(tokenizer), special_ids)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(hf_config)
+        return build_causal_lm(model_config, tokenizer)
 
 
 def ladder_rungs(switchable_model: Any, ladder_lm: Any, ladder: list[Any]) -> list[Any]:
