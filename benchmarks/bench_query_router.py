@@ -164,7 +164,8 @@ def run(args: Any) -> None:
             params["ladder_lm"],
         )
         ladder_lm_s = time.perf_counter() - t  # reported apart: the routing budget excludes it
-        if ladder_summary.get("enabled") is not False:
+        trained_ladder_lm = ladder_summary.get("enabled") is not False  # on the ladder
+        if trained_ladder_lm:
             print(
                 f"ladder LM: {ladder_summary['global_step']} steps in {ladder_lm_s:.1f} s, "
                 f"validation loss {ladder_summary['validation_loss']:.3f}",
@@ -238,7 +239,7 @@ def run(args: Any) -> None:
         rows.append(
             {"table": "Node times (s)", "node": key.removesuffix("_s"), "seconds": round(value, 1)}
         )
-    if ladder_summary.get("enabled") is not False:
+    if trained_ladder_lm:
         rows.append(
             {
                 "table": "Node times (s)",
@@ -286,7 +287,7 @@ def run(args: Any) -> None:
             )
         )
     ladder = [str(r) for r in params["outcomes"]["ladder"]]
-    if ladder_summary.get("enabled") is not False:
+    if trained_ladder_lm:
         cheap_note = (
             f"Ladder {ladder}: the cheap model is the ladder LM "
             f"({params['ladder_lm']['model']['preset']} preset, "
@@ -308,14 +309,15 @@ def run(args: Any) -> None:
         f"Router: {summary['examples']} training examples, {summary['global_step']} steps "
         f"({summary['epochs']} epochs), label accuracy on test {metrics['label_accuracy_test']:.3f} "
         "(5 classes, quantile labels: chance 0.2).",
-        "Costs in the outcomes are measured (seconds per query at batch 1, weight bytes per "
-        "reference token); the two-model curves use the strong share as cost.",
+        "Costs in the outcomes are measured (seconds: each query's share of a batched forward "
+        "pass; weight bytes per reference token); the two-model curves use the strong share "
+        "as cost.",
     ]
     config = {
         "quick": args.quick,
         "base_steps": args.base_steps,
         "ladder": ",".join(str(r) for r in params["outcomes"]["ladder"]),
-        "ladder_lm_steps": None if ladder_summary.get("enabled") is False else steps,
+        "ladder_lm_steps": steps if trained_ladder_lm else None,
         "prompt_tokens": params["queries"]["prompt_tokens"],
         "reference_tokens": params["queries"]["reference_tokens"],
         "epochs": params["training"]["num_train_epochs"],

@@ -14,7 +14,7 @@ from router_pipelines.pipelines.query_router.config import (
     LADDER_LM,
     parse_query_router_params,
 )
-from router_pipelines.pipelines.query_router.nodes import FAMILY, ladder_names
+from router_pipelines.pipelines.query_router.nodes import FAMILY, ladder_lm_bundle, ladder_names
 
 logger = logging.getLogger(__name__)
 
@@ -365,13 +365,10 @@ def register_router(
         router_dir = Path(tmp) / "router"
         save_bundle(router_model, router_dir)
         artifacts = {"routing": str(routing), "router": str(router_dir)}
-        if LADDER_LM in routing_metrics.get("ladder", []):
-            if isinstance(ladder_lm, dict) or ladder_lm is None:
-                raise ValueError(
-                    f"register_router: the routing ladder {routing_metrics['ladder']} names "
-                    f"{LADDER_LM!r} but no ladder LM was provided"
-                )
-            save_bundle(ladder_lm, Path(tmp) / LADDER_LM)
+        if LADDER_LM in routing_metrics["ladder"]:
+            save_bundle(
+                ladder_lm_bundle(ladder_lm, routing_metrics["ladder"]), Path(tmp) / LADDER_LM
+            )
             artifacts[LADDER_LM] = str(Path(tmp) / LADDER_LM)
         routed_info = register_model(
             switchable_model,

@@ -82,7 +82,6 @@ def provide_ladder_lm(
         source_key="query_router.ladder_lm.source",
         metric_prefix=f"{LADDER_LM}_",
     )
-    bundle.metadata["ladder_rung"] = LADDER_LM
     logger.info("Ladder LM (%s): %s", config.model.name_or_path or config.model.preset, summary)
     return bundle, summary
 
@@ -95,6 +94,20 @@ def _weightless(model_config: Any, tokenizer: Any) -> Any:
 
     with torch.device("meta"):
         return build_causal_lm(model_config, tokenizer)
+
+
+def ladder_lm_bundle(ladder_lm: Any, ladder: list[Any]) -> Any:
+    """The ladder LM a ladder naming ``ladder_lm`` needs: the bundle, not a skip marker.
+
+    Raises:
+        ValueError: ``ladder_lm`` is a skip marker (or missing), with its reason.
+    """
+    if isinstance(ladder_lm, dict) or ladder_lm is None:
+        raise ValueError(
+            f"query_router.outcomes.ladder: {ladder} names {LADDER_LM!r} but no ladder LM was "
+            f"provided ({(ladder_lm or {}).get('reason', 'skipped')})"
+        )
+    return ladder_lm
 
 
 def ladder_rungs(switchable_model: Any, ladder_lm: Any, ladder: list[Any]) -> list[Any]:
@@ -112,11 +125,7 @@ def ladder_rungs(switchable_model: Any, ladder_lm: Any, ladder: list[Any]) -> li
     rungs = []
     for width in widths:
         if width == LADDER_LM:
-            if isinstance(ladder_lm, dict) or ladder_lm is None:
-                raise ValueError(
-                    f"query_router.outcomes.ladder: {ladder} names {LADDER_LM!r} but no ladder "
-                    f"LM was provided ({(ladder_lm or {}).get('reason', 'skipped')})"
-                )
+            ladder_lm = ladder_lm_bundle(ladder_lm, ladder)
             rungs.append(
                 Rung(
                     LADDER_LM,
