@@ -35,7 +35,7 @@ run-debug: install  ## every size tiny (a few minutes on 2 cores)
 	$(BIN)/kedro run --env=debug
 
 test: install browser airflow-venv  ## the whole test suite, offline (browser and Airflow checks included)
-	$(BIN)/python -m pytest -n 2 --dist loadscope
+	$(BIN)/python -m pytest -n 2 --dist loadscope --durations=15
 
 # Headless Chromium for the browser checks (tests/operations/test_browser.py): Debian's package,
 # installed with apt-get when missing and run as root (CI); elsewhere install it yourself, and

@@ -67,3 +67,55 @@ def lm_dataset():
             }
         )
     return ListDataset(items)
+
+
+# --- Scheduling under `pytest -n 2 --dist loadscope` (what `make test` runs) -------------------
+# xdist hands out whole modules, biggest (most tests) first by default, so a module with a few
+# minutes-long tests starts last and the run ends on one busy worker. Here the long units go
+# first, and the operations modules that read the session's one `kedro run --env=debug`
+# (tests/operations/conftest.py) form one unit, so that run happens on one worker, not both.
+# Tests stay order-independent: this changes only where and when they run.
+SCHEDULED_FIRST = (  # (nodeid prefix, unit), in start order
+    ("tests/operations/test_airflow.py", "tests/operations/test_airflow.py"),  # ~8 min
+    ("tests/operations/", "tests/operations (one debug run)"),  # ~5 min, debug run included
+)
+
+
+def _first_unit(nodeid: str) -> int | None:
+    for index, (prefix, _) in enumerate(SCHEDULED_FIRST):
+        if nodeid.startswith(prefix):
+            return index
+    return None
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist", "no") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LongUnitsFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            index = _first_unit(nodeid)
+            return super()._split_scope(nodeid) if index is None else SCHEDULED_FIRST[index][1]
+
+    # Units go out in collection order, which pytest_collection_modifyitems below sets.
+    config.option.loadscopereorder = False
+    return LongUnitsFirst(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("dist", "no") != "loadscope":
+        return
+    sizes: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        sizes[module] = sizes.get(module, 0) + 1
+
+    def order(item) -> tuple[int, int]:
+        index = _first_unit(item.nodeid)
+        if index is not None:
+            return (index, 0)
+        # the rest as xdist's default: most tests first (sorted() is stable within a module)
+        return (len(SCHEDULED_FIRST), -sizes[item.nodeid.split("::", 1)[0]])
+
+    items[:] = sorted(items, key=order)
