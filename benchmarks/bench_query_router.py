@@ -208,7 +208,7 @@ def run(args: Any) -> None:
     metrics = document["metrics"]
     total = sum(times.values())
     rows = []
-    for name in ("router", "oracle", "random", "uncertainty"):
+    for name in ("router", "oracle", "random", "uncertainty", "prompt_gap"):
         for seed, doc in zip(seeds, documents, strict=True):
             if name != "router" and seed != seeds[0]:
                 continue  # the baselines do not depend on the router's seed
@@ -312,6 +312,9 @@ def run(args: Any) -> None:
         "Costs in the outcomes are measured (seconds: each query's share of a batched forward "
         "pass; weight bytes per reference token); the two-model curves use the strong share "
         "as cost.",
+        "prompt_gap is a reference, not a deployable router: it runs both models on the "
+        "prompt and routes by how much better the strong one predicts it (how much of the "
+        "reference gap the models' own view of a query predicts).",
     ]
     config = {
         "quick": args.quick,

@@ -41,12 +41,15 @@ def test_add_labels_pools_lower_rungs_and_uses_only_the_training_split():
             "seconds_b": [2.0] * 6,
             "bytes_a": [10.0] * 6,
             "bytes_b": [20.0] * 6,
+            "prompt_loss_a": [3.0] * 6,
+            "prompt_loss_b": [2.5] * 6,
         }
     )
     labelled, edges = add_labels(frame, ["a", "b"], [0.2, 0.4, 0.6, 0.8])
     np.testing.assert_allclose(edges, [0.8, 1.6, 2.4, 3.2])  # the test row's gap of 100 is not used
     assert labelled["label"].tolist() == [5, 4, 3, 2, 1, 1]
     assert labelled["strong_seconds"].tolist() == [2.0] * 6
+    assert labelled["cheap_prompt_loss"].tolist() == [3.0] * 6
 
 
 def test_cut_queries_windows_and_block_splits():
@@ -95,8 +98,12 @@ def test_score_rungs_measures_quality_and_cost_per_query():
     logits = strong(input_ids=row[None]).logits[0, :-1]
     loss = torch.nn.functional.cross_entropy(logits, row[1:], reduction="none")
     assert out.loc[2, "quality_b"] == pytest.approx(-float(loss[7:].mean()), abs=1e-5)
+    # the prompt's own 7 predicted tokens, from the same pass: each rung's, the cheapest's alone
+    assert out.loc[2, "prompt_loss_b"] == pytest.approx(float(loss[:7].mean()), abs=1e-5)
+    assert out["prompt_loss"].tolist() == out["prompt_loss_a"].tolist()
+    assert out.loc[2, "prompt_loss_a"] != pytest.approx(out.loc[2, "prompt_loss_b"])
     assert out.loc[2, "bytes_b"] == 400 * 4 and out.loc[2, "bytes_a"] == 100 * 4
-    assert (out["seconds_a"] > 0).all() and "prompt_loss" in out
+    assert (out["seconds_a"] > 0).all()
 
 
 def test_check_scorable_refuses_same_models_and_different_tokenizers():

@@ -29,7 +29,8 @@ def test_run_writes_outcomes_curves_and_registers_both_models(finished_run):
     outcomes = pd.read_parquet(root / OUTPUT / "outcomes.parquet")
     assert len(outcomes) == 300  # conf/debug: max_queries
     for rung in ("ladder_lm", "4bit", "8bit"):  # conf/debug: a 1 x 32 LM below 4 and 8 bits
-        assert {f"quality_{rung}", f"seconds_{rung}", f"bytes_{rung}"} <= set(outcomes.columns)
+        columns = {f"{kind}_{rung}" for kind in ("quality", "seconds", "bytes", "prompt_loss")}
+        assert columns <= set(outcomes.columns)
     assert (outcomes["bytes_ladder_lm"] < outcomes["bytes_4bit"]).all()
     ladder_lm = json.loads((root / REPORTS / "ladder_lm_summary.json").read_text())
     assert ladder_lm["origin"] == "train" and ladder_lm["global_step"] == 30
@@ -40,6 +41,7 @@ def test_run_writes_outcomes_curves_and_registers_both_models(finished_run):
         "random",
         "oracle",
         "uncertainty",
+        "prompt_gap",
         "ladder_router",
         "ladder_router_lambda",
         "ladder_oracle",

@@ -179,10 +179,16 @@ def test_slice_measures_labels_trains_the_router_and_evaluates(tmp_path, models_
     assert summary["examples"] == len(train)
 
     table = out["evaluation"]
-    assert set(table["router"]) == {"router", "random", "oracle", "uncertainty"}
+    assert set(table["router"]) == {"router", "random", "oracle", "uncertainty", "prompt_gap"}
+    # the prompt-gap reference sends first the test queries whose prompt the strong model
+    # predicts best relative to the cheap one
+    on_test = outcomes[outcomes["split"] == "test"]
+    prompt_gap = (on_test["prompt_loss_2bit"] - on_test["prompt_loss_8bit"]).to_numpy()
+    thresholds = table.loc[table["router"] == "prompt_gap", "threshold"].to_numpy()[1:]
+    np.testing.assert_allclose(thresholds, np.unique(prompt_gap)[::-1])
     metrics = out["routing_metrics"]["metrics"]
     assert metrics["always_strong_quality"] > metrics["always_cheap_quality"]
-    for name in ("router", "random", "uncertainty"):
+    for name in ("router", "random", "uncertainty", "prompt_gap"):
         assert metrics["oracle_apgr"] >= metrics[f"{name}_apgr"]
         assert metrics["oracle_cpt_50"] <= metrics[f"{name}_cpt_50"]
     test = outcomes[outcomes["split"] == "test"]

@@ -183,9 +183,9 @@ def score_rungs(queries: Any, rungs: Sequence[Rung], *, warmup: int = 1, batch_s
 
     Returns:
         ``queries`` with ``quality_<rung>`` (mean log-prob per reference token),
-        ``token_accuracy_<rung>``, ``seconds_<rung>``, ``bytes_<rung>`` per rung and
-        ``prompt_loss`` (the cheapest rung's mean loss on the prompt itself: the uncertainty
-        baseline).
+        ``token_accuracy_<rung>``, ``seconds_<rung>``, ``bytes_<rung>``, ``prompt_loss_<rung>``
+        (mean loss on the prompt itself, from the same forward pass) per rung and
+        ``prompt_loss`` (the cheapest rung's: the uncertainty baseline).
     """
     import torch
 
@@ -223,6 +223,7 @@ def score_rungs(queries: Any, rungs: Sequence[Rung], *, warmup: int = 1, batch_s
         frame[f"token_accuracy_{rung.name}"] = columns["accuracy"]
         frame[f"seconds_{rung.name}"] = columns["seconds"]
         frame[f"bytes_{rung.name}"] = float(rung.weight_bytes) * reference_tokens
+        frame[f"prompt_loss_{rung.name}"] = prompt_loss
         if index == 0:
             frame["prompt_loss"] = prompt_loss
     return frame
@@ -274,8 +275,8 @@ def gap_labels(gaps: np.ndarray, edges: np.ndarray) -> np.ndarray:
 def add_labels(outcomes: Any, rung_names: Sequence[str], quantiles: Sequence[float]):
     """``outcomes`` with ``gap_<rung>`` and ``label_<rung>`` for every rung below the strongest,
     labels by the training split's pooled gap quantiles (see the module docstring), plus
-    ``cheap_quality``, ``strong_quality``, ``cheap_cost``/``strong_cost`` columns and ``label``
-    (the cheapest rung's)."""
+    ``cheap_quality``, ``strong_quality``, ``cheap_<seconds|bytes|prompt_loss>`` /
+    ``strong_<...>`` columns and ``label`` (the cheapest rung's)."""
     frame = outcomes.copy()
     strong = rung_names[-1]
     lower = list(rung_names[:-1])
@@ -289,7 +290,7 @@ def add_labels(outcomes: Any, rung_names: Sequence[str], quantiles: Sequence[flo
     cheap = rung_names[0]
     frame["cheap_quality"] = frame[f"quality_{cheap}"]
     frame["strong_quality"] = frame[f"quality_{strong}"]
-    for kind in ("seconds", "bytes"):
+    for kind in ("seconds", "bytes", "prompt_loss"):
         frame[f"cheap_{kind}"] = frame[f"{kind}_{cheap}"]
         frame[f"strong_{kind}"] = frame[f"{kind}_{strong}"]
     frame["label"] = frame[f"label_{cheap}"]

@@ -18,7 +18,10 @@ from router_pipelines.pipelines.query_router.nodes import FAMILY, ladder_lm_bund
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("router", "random", "oracle", "uncertainty")
+# `prompt_gap` is a reference, not a router one would deploy: it runs the cheap and the strong
+# model on the prompt (the cost routing saves) and routes by how much better the strong one
+# predicts it. It shows how much of the reference gap the models' own view of a query predicts.
+BASELINES = ("router", "random", "oracle", "uncertainty", "prompt_gap")
 
 
 def router_score_table(router_model: Any, outcomes: Any, prompt: Any, batch_size: int) -> Any:
@@ -52,7 +55,8 @@ def evaluate_router(
     evaluation_params: dict[str, Any],
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Threshold sweeps on the held-out test queries for the trained router, a random router,
-    the exact oracle and the cheap model's own uncertainty; calibrated thresholds; the ladder.
+    the exact oracle, the cheap model's own uncertainty and the prompt-gap reference (both
+    models' loss on the prompt, :data:`BASELINES`); calibrated thresholds; the ladder.
     The finite metrics and the curve table are logged to MLflow.
 
     Returns:
@@ -150,6 +154,9 @@ def routing_evaluation(router_model: Any, outcomes: Any, params: Any) -> tuple[A
         "random": random_scores(int(test.sum()), config.random_seed),
         "oracle": oracle_scores(cheap, strong),
         "uncertainty": outcomes["prompt_loss"].to_numpy()[test],
+        "prompt_gap": (outcomes["cheap_prompt_loss"] - outcomes["strong_prompt_loss"]).to_numpy()[
+            test
+        ],
     }
     rows, metrics = [], {}
     for name, values in router_scores.items():
