@@ -9,7 +9,7 @@ import torch
 from torch.testing import assert_close
 
 from router_pipelines.models.depth_routing import DepthRoutingConfig, DTFConfig
-from router_pipelines.models.dtf import SurpriseGate, causal_moving_average
+from router_pipelines.models.dtf import SurpriseGate, causal_moving_average, prior_ffn_width
 
 
 def _reference(original, posterior, prior, beta_ce, beta_cu, m_cu, o_ce, window):
@@ -27,8 +27,9 @@ def _reference(original, posterior, prior, beta_ce, beta_cu, m_cu, o_ce, window)
             recent = d_st[max(0, t - window + 1) : t + 1]
             ce = d_st[t] - (d_ch - math.log(o_ce))
             cu = d_st[t] - m_cu * sum(recent) / len(recent)
-            s_ce = 1 / (1 + math.exp(-beta_ce * ce))
-            s_cu = 1 / (1 + math.exp(-beta_cu * cu))
+            # the paper's eqs. 3.10-3.11: positive inverse temperatures softplus(beta)
+            s_ce = 1 / (1 + math.exp(-math.log1p(math.exp(beta_ce)) * ce))
+            s_cu = 1 / (1 + math.exp(-math.log1p(math.exp(beta_cu)) * cu))
             for key, value in (
                 ("d_st", d_st[t]),
                 ("d_ch", d_ch),
@@ -79,12 +80,34 @@ def test_moving_average_with_history_equals_the_whole_sequence():
     assert_close(whole[:, 2], values[:, :3].mean(dim=1))
 
 
-def test_prior_ffn_width_follows_the_factor():
+def test_prior_ffn_is_the_papers_bias_free_swiglu_of_the_hidden_size():
     from depth_routing_helpers import routed, tiny_qwen2
 
     model = routed(
         tiny_qwen2(), model_type="dtf", dtf=DTFConfig(prior_ffn_intermediate_size_factor=0.25)
     )
     pair = model.routed_modules()[0]
-    assert pair.prior_ffn[0].out_features == 16  # 0.25 × intermediate 64
+    ffn = pair.prior_ffn
+    assert ffn.gate_proj.out_features == ffn.up_proj.out_features == 8  # 0.25 × hidden 32
+    assert all(linear.bias is None for linear in (ffn.gate_proj, ffn.up_proj, ffn.down_proj))
+    x = torch.randn(3, 32)
+    swiglu = torch.nn.functional.silu(x @ ffn.gate_proj.weight.T) * (x @ ffn.up_proj.weight.T)
+    assert_close(ffn(x), swiglu @ ffn.down_proj.weight.T)
     assert len(model.routed_modules()) == 2  # 4 blocks → 2 (decision, dynamic) pairs
+    # max(2, ⌈d·f⌉ rounded up to even): the paper's 384 × 0.0625 = 24, odd widths go up
+    assert [prior_ffn_width(d, f) for d, f in ((384, 0.0625), (100, 0.05), (8, 0.01))] == [24, 6, 2]
+
+
+def test_the_gates_temperatures_are_positive_whatever_the_raw_parameter():
+    gate = SurpriseGate(DepthRoutingConfig(model_type="dtf"))  # raw inits -0.3, -0.6
+    beta_ce, beta_cu = gate.inverse_temperatures()
+    assert_close(
+        [float(beta_ce.detach()), float(beta_cu.detach())],
+        [math.log1p(math.exp(-0.3)), math.log1p(math.exp(-0.6))],
+    )
+    # so a token whose static surprise is far above its recent average gets S_CU near 1
+    original = torch.zeros(1, 8, 4)
+    posterior = original.clone()
+    posterior[0, -1] = 10.0  # only the last token changes, strongly
+    got = gate(original, posterior, posterior)
+    assert got["s_cu"][0, -1] > 0.99 and got["gate"][0, -1] == got["gate"][0].max()

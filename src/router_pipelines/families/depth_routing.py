@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from router_pipelines.models.depth_routing import RoutingRecord, capacity
-from router_pipelines.models.dtf import DTFPair
+from router_pipelines.models.dtf import DTFPair, prior_ffn_width
 from router_pipelines.models.mod import MoDBlock
 from router_pipelines.training import combine_losses
 from router_pipelines.training.losses import IGNORE_INDEX
@@ -201,7 +201,8 @@ def flops_per_token(hf_config: Any, routing: Any | None, seq_len: int) -> dict[s
             count = len(routing.layers_to_route(layers))
             blocks = (layers - count) * dense_block + count * routed
         else:
-            prior = 4 * d * max(1, round(inter * routing.dtf.prior_ffn_intermediate_size_factor))
+            # the PriorFFN: a SwiGLU, three d x width matmuls
+            prior = 6 * d * prior_ffn_width(d, routing.dtf.prior_ffn_intermediate_size_factor)
             pairs = len(routing.dtf_pairs(layers))
             blocks = pairs * (dense_block + prior + routed)
     lm_head = 2 * hf_config.vocab_size * d

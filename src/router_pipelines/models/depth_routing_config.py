@@ -21,11 +21,11 @@ DEFAULT_GAMMA = {"mod": 0.125, "dtf": 0.5}
 class DTFConfig:
     """The Dynamic Transformer's surprise gate (names follow the seed)."""
 
-    beta_ce_init: float = -0.3  # temperature of the expected criterion's sigmoid
-    beta_cu_init: float = -0.6  # temperature of the unexpected criterion's sigmoid
+    beta_ce_init: float = -0.3  # raw β_ce: S_CE = σ(softplus(β_ce) · CE)
+    beta_cu_init: float = -0.6  # raw β_cu: S_CU = σ(softplus(β_cu) · CU)
     cu_detection_multiplier_init: float = 1.1  # m_cu: CU = D_st − m_cu · MA(D_st)
     ce_criterion_offset_init: float = 1.025  # o_ce: CE = D_st − (D_ch − log o_ce)
-    prior_ffn_intermediate_size_factor: float = 0.0625  # prior FFN width / intermediate size
+    prior_ffn_intermediate_size_factor: float = 0.0625  # PriorFFN width / hidden size
     ma_window: int = 100  # causal moving average of D_st over this many tokens
 
     def __post_init__(self) -> None:

@@ -66,13 +66,10 @@ def make_depth_routing(model: PreTrainedModel, config: DepthRoutingConfig) -> Pr
         for index in config.layers_to_route(len(blocks)):
             blocks[index] = MoDBlock(blocks[index], hidden, config)
     else:
-        intermediate = model.config.intermediate_size
         eps = getattr(model.config, "rms_norm_eps", 1e-6)
         for decision, dynamic in config.dtf_pairs(len(blocks)):
             attention_type = getattr(blocks[dynamic], "attention_type", "full_attention")
-            blocks[decision] = DTFPair(
-                blocks[decision], blocks[dynamic], hidden, intermediate, config, eps
-            )
+            blocks[decision] = DTFPair(blocks[decision], blocks[dynamic], hidden, config, eps)
             blocks[dynamic] = PassThrough(attention_type)
     for module in model.modules():
         if isinstance(module, RoutedComputation):

@@ -1,14 +1,20 @@
 """The Dynamic Transformer (arXiv 2511.21408): surprise decides which tokens a block computes.
 
 Blocks pair up. The Decision layer computes every token: original H, posterior
-H + Block(H) (the block's output), prior H + PriorFFN(RMSNorm(H)), trained by
-MSE(prior, stopgrad(posterior)). The Dynamic layer that follows routes on surprise::
+H + Block(H) (the block's output), prior sg(H) + PriorFFN(RMSNorm(sg(H))), trained by
+MSE(prior, stopgrad(posterior)): the prior loss trains the PriorFFN alone. The Dynamic layer that follows routes on surprise::
 
     D_st = ‖posterior − original‖² / d          static surprise
     D_ch = ‖posterior − prior‖² / d             change surprise
     CE   = D_st − (D_ch − log o_ce)             expected criterion
-    CU   = D_st − m_cu · MA(D_st)               unexpected criterion (causal moving average)
-    gate = S_CE + S_CU − S_CE·S_CU,  S_x = σ(β_x · x)
+    CU   = D_st − m_cu · MA(sg(D_st))           unexpected criterion (causal moving average)
+    gate = S_CE + S_CU − S_CE·S_CU,  S_x = σ(softplus(β_x) · x)
+
+as in the paper (§3.1, eqs. 3.6–3.12): the inverse temperatures pass through a softplus, so
+they stay positive (a token whose surprise is above its threshold scores higher) while the raw
+parameters start at the seed's ``beta_ce_init`` −0.3 / ``beta_cu_init`` −0.6 (softplus 0.55 /
+0.44). The PriorFFN is the paper's bias-free SwiGLU of width
+max(2, ⌈d·f⌉ rounded up to even) for hidden size d and factor f, weights N(0, 0.02²).
 
 and computes the top ⌊γ·T⌋ gates, x + gate·(block(x) − x), through the same
 :class:`~router_pipelines.models.depth_routing.RoutedComputation` as MoD. The pair sits at the
@@ -58,6 +64,33 @@ def causal_moving_average(
     return means[:, full.shape[1] - values.shape[1] :]
 
 
+# Part of a DTF model's reuse identity (pipelines/depth_routing): raise it when the layers change
+# so that a model saved by older code, whose weights no longer fit, is trained again. 2: the
+# paper's softplus temperatures and SwiGLU PriorFFN (2026-12-03).
+DTF_REVISION = 2
+
+
+def prior_ffn_width(hidden_size: int, factor: float) -> int:
+    """The PriorFFN's intermediate width: max(2, ⌈d·f⌉ rounded up to an even number)."""
+    width = math.ceil(hidden_size * factor)
+    return max(2, width + width % 2)
+
+
+class PriorFFN(nn.Module):
+    """A small bias-free SwiGLU, (SiLU(x W1) ⊙ x W3) W2, predicting the Decision block's update."""
+
+    def __init__(self, hidden_size: int, width: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, width, bias=False)
+        self.up_proj = nn.Linear(hidden_size, width, bias=False)
+        self.down_proj = nn.Linear(width, hidden_size, bias=False)
+        for linear in (self.gate_proj, self.up_proj, self.down_proj):
+            nn.init.normal_(linear.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
 class SurpriseGate(nn.Module):
     """The Dynamic layer's gate from the Decision layer's three states (learnable β, o, m)."""
 
@@ -69,6 +102,10 @@ class SurpriseGate(nn.Module):
         self.cu_multiplier = nn.Parameter(torch.tensor(float(dtf.cu_detection_multiplier_init)))
         self.log_ce_offset = nn.Parameter(torch.tensor(math.log(dtf.ce_criterion_offset_init)))
         self.ma_window = dtf.ma_window
+
+    def inverse_temperatures(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """softplus(β_ce), softplus(β_cu): the sigmoids' (positive) inverse temperatures."""
+        return nn.functional.softplus(self.beta_ce), nn.functional.softplus(self.beta_cu)
 
     def forward(
         self,
@@ -85,12 +122,14 @@ class SurpriseGate(nn.Module):
         d_st = (posterior - original).pow(2).mean(dim=-1)
         d_ch = (posterior - prior).pow(2).mean(dim=-1)
         ce = d_st - (d_ch - self.log_ce_offset.to(dtype))
-        seen = d_st if real is None else d_st.masked_fill(~real, float("nan"))
+        # The moving average is a threshold, not a path for gradients (the reference detaches it).
+        seen = d_st.detach() if real is None else d_st.detach().masked_fill(~real, float("nan"))
         cu = d_st - self.cu_multiplier.to(dtype) * causal_moving_average(
             seen, self.ma_window, history
         )
-        s_ce = torch.sigmoid(self.beta_ce.to(dtype) * ce)
-        s_cu = torch.sigmoid(self.beta_cu.to(dtype) * cu)
+        beta_ce, beta_cu = self.inverse_temperatures()
+        s_ce = torch.sigmoid(beta_ce.to(dtype) * ce)
+        s_cu = torch.sigmoid(beta_cu.to(dtype) * cu)
         gate = s_ce + s_cu - s_ce * s_cu
         return {
             "gate": gate,
@@ -112,18 +151,15 @@ class DTFPair(nn.Module):
         decision: nn.Module,
         dynamic: nn.Module,
         hidden_size: int,
-        intermediate_size: int,
         config: DepthRoutingConfig,
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
         self.decision = decision
         self.routing = RoutedComputation(dynamic, hidden_size, config)
-        width = max(1, round(intermediate_size * config.dtf.prior_ffn_intermediate_size_factor))
+        width = prior_ffn_width(hidden_size, config.dtf.prior_ffn_intermediate_size_factor)
         self.prior_norm = nn.RMSNorm(hidden_size, eps=eps)
-        self.prior_ffn = nn.Sequential(
-            nn.Linear(hidden_size, width), nn.SiLU(), nn.Linear(width, hidden_size)
-        )
+        self.prior_ffn = PriorFFN(hidden_size, width)
         self.gate = SurpriseGate(config)
         self.attention_type = getattr(decision, "attention_type", "full_attention")
 
@@ -151,7 +187,13 @@ class DTFPair(nn.Module):
             position_embeddings=position_embeddings,
             **kwargs,
         )
-        prior = original + self.prior_ffn(self.prior_norm(original))
+        # The prior predicts the Decision block's output from H without shaping H: with H on
+        # the gradient path, MSE(prior, stopgrad(posterior)) pulls H after a target that moves
+        # with it, and the hidden states run away (prior MSE 1e7 by step 140 of a from-scratch
+        # `small` run). The paper stops the target's gradient "to avoid leaking gradients into
+        # the main block" (§3.1.1); stopping H's as well keeps that promise for the blocks below.
+        trunk = original.detach()
+        prior = trunk + self.prior_ffn(self.prior_norm(trunk))
         decoding = bool(use_cache) and past_key_values is not None
         history = self._history(past_key_values) if decoding else None
         real = self.routing.real_tokens(hidden_states.shape[1])

@@ -175,3 +175,30 @@ def test_transfer_names_an_unsupported_architecture_and_accepts_qwen2(pipelines,
         pipelines, "mod", **transfer, **{"depth_routing.model.name_or_path": str(tmp_path / "none")}
     )
     assert "is not a local folder nor in the local Hugging Face cache" in missing
+
+
+def test_a_dtf_model_saved_by_older_layers_is_not_reused(monkeypatch, char_tokenizer):
+    """DTF's reuse identity carries the layers' revision (a model saved before the softplus
+    temperatures and SwiGLU prior no longer loads); MoD's and the dense model's do not."""
+    from types import SimpleNamespace
+
+    from router_pipelines.models import dtf
+    from router_pipelines.pipelines.depth_routing import nodes
+    from router_pipelines.pipelines.depth_routing.config import parse_depth_routing_params
+
+    params = parse_depth_routing_params(_raw()["depth_routing"])
+    tokens = SimpleNamespace(fingerprint="tokens")
+    now = {
+        what: nodes._identity(params, tokens, char_tokenizer, what)
+        for what in ("mod", "dtf", "dense")
+    }
+    assert now["dtf"].inputs["dtf_revision"] == dtf.DTF_REVISION
+    assert "dtf_revision" not in now["mod"].inputs and "dtf_revision" not in now["dense"].inputs
+    monkeypatch.setattr(dtf, "DTF_REVISION", dtf.DTF_REVISION + 1)
+    later = {
+        what: nodes._identity(params, tokens, char_tokenizer, what)
+        for what in ("mod", "dtf", "dense")
+    }
+    assert later["dtf"].fingerprint != now["dtf"].fingerprint
+    assert later["mod"].fingerprint == now["mod"].fingerprint
+    assert later["dense"].fingerprint == now["dense"].fingerprint

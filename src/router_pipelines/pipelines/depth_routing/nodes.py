@@ -52,20 +52,22 @@ def resolve_params(groups: dict[str, Any], model_type: str | None) -> DepthRouti
 
 
 def _identity(params: DepthRoutingParams, train_tokens: Any, tokenizer: Any, what: str):
+    from router_pipelines.models.dtf import DTF_REVISION
     from router_pipelines.training import result_affecting_fields
 
-    return ModelIdentity(
-        {
-            "family": FAMILY if what != "dense" else "causal_lm",
-            "model_type": what,
-            "mode": params.mode,
-            "model": asdict(params.model),
-            "loss": asdict(params.loss) if what != "dense" else None,
-            "training": result_affecting_fields(params.training),
-            "data": train_tokens.fingerprint,
-            "tokenizer": tokenizer_digest(tokenizer),
-        }
-    )
+    inputs = {
+        "family": FAMILY if what != "dense" else "causal_lm",
+        "model_type": what,
+        "mode": params.mode,
+        "model": asdict(params.model),
+        "loss": asdict(params.loss) if what != "dense" else None,
+        "training": result_affecting_fields(params.training),
+        "data": train_tokens.fingerprint,
+        "tokenizer": tokenizer_digest(tokenizer),
+    }
+    if what == "dtf":  # a DTF model saved before the last change of its layers is not reused
+        inputs["dtf_revision"] = DTF_REVISION
+    return ModelIdentity(inputs)
 
 
 def build_base_model(params: DepthRoutingParams, tokenizer: Any) -> Any:
