@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 # Set before anything imports transformers/datasets/mlflow: tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,8 +77,8 @@ def lm_dataset():
 # (tests/operations/conftest.py) form one unit, so that run happens on one worker, not both.
 # Tests stay order-independent: this changes only where and when they run.
 SCHEDULED_FIRST = (  # (nodeid prefix, unit), in start order
-    ("tests/operations/test_airflow.py", "tests/operations/test_airflow.py"),  # ~8 min
-    ("tests/operations/", "tests/operations (one debug run)"),  # ~5 min, debug run included
+    ("tests/operations/test_airflow.py", "tests/operations/test_airflow.py"),  # ~5 min
+    ("tests/operations/", "tests/operations (one debug run)"),
 )
 
 
@@ -106,16 +107,17 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("dist", "no") != "loadscope":
         return
-    sizes: dict[str, int] = {}
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        sizes[module] = sizes.get(module, 0) + 1
+
+    def module(item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
+    sizes = Counter(module(item) for item in items)
 
     def order(item) -> tuple[int, int]:
         index = _first_unit(item.nodeid)
         if index is not None:
             return (index, 0)
         # the rest as xdist's default: most tests first (sorted() is stable within a module)
-        return (len(SCHEDULED_FIRST), -sizes[item.nodeid.split("::", 1)[0]])
+        return (len(SCHEDULED_FIRST), -sizes[module(item)])
 
     items[:] = sorted(items, key=order)

@@ -2,7 +2,8 @@
 
 Blocks pair up. The Decision layer computes every token: original H, posterior
 H + Block(H) (the block's output), prior sg(H) + PriorFFN(RMSNorm(sg(H))), trained by
-MSE(prior, stopgrad(posterior)): the prior loss trains the PriorFFN alone. The Dynamic layer that follows routes on surprise::
+MSE(prior, stopgrad(posterior)), so the prior loss trains the PriorFFN alone. The Dynamic
+layer that follows routes on surprise::
 
     D_st = ‖posterior − original‖² / d          static surprise
     D_ch = ‖posterior − prior‖² / d             change surprise
@@ -10,15 +11,15 @@ MSE(prior, stopgrad(posterior)): the prior loss trains the PriorFFN alone. The D
     CU   = D_st − m_cu · MA(sg(D_st))           unexpected criterion (causal moving average)
     gate = S_CE + S_CU − S_CE·S_CU,  S_x = σ(softplus(β_x) · x)
 
-as in the paper (§3.1, eqs. 3.6–3.12): the inverse temperatures pass through a softplus, so
-they stay positive (a token whose surprise is above its threshold scores higher) while the raw
-parameters start at the seed's ``beta_ce_init`` −0.3 / ``beta_cu_init`` −0.6 (softplus 0.55 /
-0.44). The PriorFFN is the paper's bias-free SwiGLU of width
-max(2, ⌈d·f⌉ rounded up to even) for hidden size d and factor f, weights N(0, 0.02²).
-
 and computes the top ⌊γ·T⌋ gates, x + gate·(block(x) − x), through the same
 :class:`~router_pipelines.models.depth_routing.RoutedComputation` as MoD. The pair sits at the
 Decision layer's index; a :class:`PassThrough` keeps the Dynamic layer's place.
+
+As in the paper (§3.1, eqs. 3.6–3.12) the inverse temperatures pass through a softplus, so
+they stay positive (a token whose surprise is above its threshold scores higher) while the raw
+parameters start at the seed's ``beta_ce_init`` −0.3 / ``beta_cu_init`` −0.6 (softplus 0.55 /
+0.44). The PriorFFN is the paper's bias-free SwiGLU of width max(2, ⌈d·f⌉ rounded up to even)
+for hidden size d and factor f, weights N(0, 0.02²).
 """
 
 from __future__ import annotations
@@ -65,8 +66,9 @@ def causal_moving_average(
 
 
 # Part of a DTF model's reuse identity (pipelines/depth_routing): raise it when the layers change
-# so that a model saved by older code, whose weights no longer fit, is trained again. 2: the
-# paper's softplus temperatures and SwiGLU PriorFFN (2026-12-03).
+# so that a model saved by older code (whose weights no longer fit, or were trained by other
+# maths) is trained again. 2: the paper's softplus temperatures and SwiGLU PriorFFN, and a prior
+# loss that stops at the trunk (2026-12-03).
 DTF_REVISION = 2
 
 

@@ -154,9 +154,8 @@ def routing_evaluation(router_model: Any, outcomes: Any, params: Any) -> tuple[A
         "random": random_scores(int(test.sum()), config.random_seed),
         "oracle": oracle_scores(cheap, strong),
         "uncertainty": outcomes["prompt_loss"].to_numpy()[test],
-        "prompt_gap": (outcomes["cheap_prompt_loss"] - outcomes["strong_prompt_loss"]).to_numpy()[
-            test
-        ],
+        "prompt_gap": outcomes["cheap_prompt_loss"].to_numpy()[test]
+        - outcomes["strong_prompt_loss"].to_numpy()[test],
     }
     rows, metrics = [], {}
     for name, values in router_scores.items():
