@@ -21,6 +21,15 @@ Measured per variant:
 - for packed rows, the max |logit| difference against the simulated model at the same width
   with full-precision activations (packing is weight-only), as a sanity check.
 
+Per-layer mixes (the precision router's per-sequence choices, issue 8): the same model wrapped
+in a ``LayerwiseQuantizeForCausalLM`` over widths 2 / 4 / 8 with each block's width forced
+(``routing("infer", forced=...)``), simulated (``routed_fake_quant_<mix>``) and on real kernels
+(``routed_packed_<mix>``: ``pack_precision_router``, each block on the int4 or int8 kernel of
+its width; 2-bit codes run on the int4 kernel). Mixes: ``8`` and ``4`` (every block, the
+router machinery's overhead against ``packed_int8`` / ``packed_int4``), ``4-8`` (first half of
+the blocks at 4 bits, the rest at 8: mean 6 bits) and ``2-8`` (mean 5 bits). A per-sequence
+decision is made once from the prompt, so decoding runs no router.
+
 Variants are interleaved (each round times one decode and one prefill of every variant, in a
 rotated order) so drift on a shared machine hits them alike; medians over the timed rounds.
 Speed-ups are reported as they are (< 1 is a slowdown). No targets.
@@ -32,6 +41,7 @@ Speed-ups are reported as they are (< 1 is a slowdown). No targets.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import time
 from typing import Any
@@ -49,6 +59,11 @@ from router_pipelines.models.packed import (
     PackedInt4Linear,
     PackedInt8Linear,
     pack_switchable_model,
+)
+from router_pipelines.models.precision_router import (
+    LayerwiseQuantizeForCausalLM,
+    RouterConfig,
+    pack_precision_router,
 )
 from router_pipelines.models.presets import PRESETS, ModelConfig, transformers_config
 from router_pipelines.models.quant_modules import QuantLinear
@@ -182,6 +197,53 @@ def variants(
     return rows
 
 
+ROUTER_WIDTHS = [2, 4, 8]
+
+
+def mixes(n_layer: int) -> dict[str, list[int]]:
+    """Forced per-block widths by name (see the module docstring)."""
+    half = n_layer // 2
+    return {
+        "8": [8] * n_layer,
+        "4": [4] * n_layer,
+        "4-8": [4] * half + [8] * (n_layer - half),
+        "2-8": [2] * half + [8] * (n_layer - half),
+    }
+
+
+def router_variants(
+    switchable: SwitchableLM, packed_dtype: torch.dtype
+) -> tuple[list[dict[str, Any]], LayerwiseQuantizeForCausalLM]:
+    """The per-layer-mix rows (simulated and packed) and the simulated router they share."""
+    dtype_name = str(packed_dtype).removeprefix("torch.")
+    router = LayerwiseQuantizeForCausalLM(
+        copy.deepcopy(switchable), RouterConfig(granularity="sequence"), ROUTER_WIDTHS
+    ).eval()
+    packed = pack_precision_router(router, packed_dtype)
+    rows = []
+    for name, widths in mixes(router.num_layers).items():
+        for kind, model in (("simulated", router), (f"packed ({dtype_name} compute)", packed)):
+            prefix = "routed_fake_quant" if kind == "simulated" else "routed_packed"
+            rows.append(
+                {
+                    "name": f"{prefix}_{name}",
+                    "kind": kind,
+                    "bits": f"mix {name} (mean {sum(widths) / len(widths):g})",
+                    "precision": None,
+                    "model": model,
+                    "forced": widths,
+                }
+            )
+    return rows, router
+
+
+def routed(row: dict[str, Any]) -> contextlib.AbstractContextManager:
+    """The row's forced widths while it runs (nothing for a plain model)."""
+    if "forced" not in row:
+        return contextlib.nullcontext()
+    return row["model"].routing("infer", forced=row["forced"])
+
+
 def interleaved_seconds(
     rows: list[dict[str, Any]], switchable: SwitchableLM, args: argparse.Namespace
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -194,19 +256,20 @@ def interleaved_seconds(
         for row in rows[shift:] + rows[:shift]:
             switchable.set_precision(row["precision"])
             model = row["model"]
-            decode_s = decode_seconds(
-                model, args.vocab_size, args.prompt_len, args.new_tokens, warmup=0, iters=1
-            )[0]
-            prefill_s = measure_throughput(
-                model,
-                args.vocab_size,
-                args.prefill_batch,
-                args.prefill_len,
-                "prefill",
-                warmup=0,
-                iters=1,
-                seed=args.seed,
-            )["seconds"]
+            with routed(row):
+                decode_s = decode_seconds(
+                    model, args.vocab_size, args.prompt_len, args.new_tokens, warmup=0, iters=1
+                )[0]
+                prefill_s = measure_throughput(
+                    model,
+                    args.vocab_size,
+                    args.prefill_batch,
+                    args.prefill_len,
+                    "prefill",
+                    warmup=0,
+                    iters=1,
+                    seed=args.seed,
+                )["seconds"]
             if round_index >= args.warmup:
                 decode[row["name"]].append(decode_s)
                 prefill[row["name"]].append(prefill_s)
@@ -228,7 +291,8 @@ def run(args: argparse.Namespace) -> None:
     )
     switchable.initialize_quantizers(calibration)  # step sizes of every width, from data
     rows = variants(base, switchable, args.bits, packed_dtype)
-    decode, prefill = interleaved_seconds(rows, switchable, args)
+    mixed_rows, router = router_variants(switchable, packed_dtype) if args.mixes else ([], None)
+    decode, prefill = interleaved_seconds(rows + mixed_rows, switchable, args)
 
     byte_rows, speed_rows = [], []
     fp32_bytes = fp32_decode = fp32_prefill = None
@@ -274,6 +338,39 @@ def run(args: argparse.Namespace) -> None:
             f"{row['name']:18s} {memory['tensor_bytes'] / 2**20:7.2f} MiB in memory  "
             f"{report['weight_bytes'] / 2**20:6.2f} MiB bit_report  "
             f"decode {decode_tps:8.1f} tok/s (x{speed['decode_vs_fp32']:.2f})  "
+            f"prefill {prefill_tps:8.1f} tok/s (x{speed['prefill_vs_fp32']:.2f})",
+            flush=True,
+        )
+    for row in mixed_rows:  # same ratios; no bytes row (bit_report reads uniform widths)
+        decode_tps = args.new_tokens / common.summarize(decode[row["name"]])["median"]
+        prefill_tps = (
+            args.prefill_batch * args.prefill_len / common.summarize(prefill[row["name"]])["median"]
+        )
+        speed = {
+            "table": "Per-layer mixes through the precision router (forced widths)",
+            "variant": row["name"],
+            "kind": row["kind"],
+            "bits": row["bits"],
+            "decode_tokens_per_s": round(decode_tps, 1),
+            "decode_iqr_ms": round(common.summarize(decode[row["name"]])["iqr"] * 1000, 1),
+            "decode_vs_fp32": round(decode_tps / fp32_decode, 3),
+            "prefill_tokens_per_s": round(prefill_tps, 1),
+            "prefill_vs_fp32": round(prefill_tps / fp32_prefill, 3),
+        }
+        if row["kind"] != "simulated":
+            for layer in (m for r in router._routed for m in r):  # weight-only reference
+                layer.act_widths = [None] * len(layer.act_widths)
+            ids = torch.randint(0, args.vocab_size, (1, args.prompt_len))
+            got = row["model"].infer_forward(ids, forced=row["forced"])["logits"]
+            expected = router.infer_forward(ids, forced=row["forced"])["logits"]
+            speed["max_logit_diff_vs_simulated"] = round(float((got - expected).abs().max()), 5)
+            for layer in (m for r in router._routed for m in r):
+                layer.act_widths = [
+                    switchable.switchable_config.act_bits_for(b) for b in layer.widths
+                ]
+        speed_rows.append(speed)
+        print(
+            f"{row['name']:24s} decode {decode_tps:8.1f} tok/s (x{speed['decode_vs_fp32']:.2f})  "
             f"prefill {prefill_tps:8.1f} tok/s (x{speed['prefill_vs_fp32']:.2f})",
             flush=True,
         )
@@ -338,6 +435,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefill-len", type=int, default=256)
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--iters", type=int, default=6, help="timed rounds")
+    parser.add_argument(
+        "--no-mixes", dest="mixes", action="store_false", help="skip the per-layer-mix rows"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.vocab_size, args.prompt_len, args.new_tokens = "debug", 512, 8, 4

@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> None:
         f"Times: base {base_s:.1f} s; {training_times}.",
         "mean_bits: parameter-weighted mean weight width over the decoder blocks' linears "
         "(scales not counted), realised on the validation split for the routers. Speed is not "
-        "measured: a per-layer mix has no packed kernel (simulated).",
+        "measured here (evaluation.speed off); per-layer mixes on real packed kernels are "
+        "timed by bench_packed_inference.py.",
         f"Seeds {args.seeds}: router seed = s, random_state = 42 + s, random assignments seed s; "
         "base seed 42 (one base for every seed).",
     ]

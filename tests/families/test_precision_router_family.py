@@ -211,6 +211,42 @@ def test_settings_apply_restore_and_report_realised_bits():
     assert table.loc["router_b5", "speed_kind"] == "not_measured"
 
 
+def test_speed_is_timed_on_packed_kernels_that_follow_each_setting():
+    from router_pipelines.evaluation import evaluate_settings
+    from router_pipelines.models.precision_router import PackedRoutedLinear
+
+    router = _router("sequence")
+    batch = _batches(1, 4)[0]
+    price, _ = calibrate_price(router, _batches(2, 6), 5.0)
+    static = StaticWidths("exact_b5", "static_exact", (2, 8), budget=5.0, packed_dtype="float32")
+    routed = RouterAtBudget("router_b5", 5.0, price, 5.0, packed_dtype="float32")
+    with static.applied(router):
+        timed = static.timed_model(router)
+    assert timed.speed_kind == "packed" and timed.speed_dtype == "float32"
+    assert all(isinstance(m, PackedRoutedLinear) for r in timed.model._routed for m in r)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():  # timing calls the model as it is, like measure_throughput
+        timed.model(**inputs)
+    assert [c.tolist() for c in timed.model.last_choices()] == [[2.0] * 4, [8.0] * 4]
+    with routed.applied(router):
+        expected = router.infer_forward(batch["input_ids"], batch["attention_mask"])["choices"]
+        timed = routed.timed_model(router)
+    with torch.no_grad():
+        timed.model(**inputs)
+    got = torch.stack(timed.model.last_choices(), dim=-1)
+    assert torch.equal(got, expected)  # the router's own decisions at this price
+    assert len(set(expected.flatten().tolist())) > 1, "the test needs a mix"
+    assert router.mode is None and timed.model.tally is None
+    assert StaticWidths("fp", "fp", None, packed_dtype="float32").timed_model(router) is None
+    assert StaticWidths("u2", "uniform", (2, 2)).timed_model(router) is None  # no packed_dtype
+    dataset = [{k: v[i] for k, v in batch.items()} for i in range(4)]
+    speed = {"decode_tokens": 2, "prefill_seq_len": 8, "warmup": 0, "iters": 1}
+    config = config_from_dict(RouterEvalConfig, {"speed": speed}, "evaluation")
+    assert config.speed.packed and config.speed.packed_dtype == "bfloat16"  # the defaults
+    table = evaluate_settings(router, [static, routed], dataset, config).set_index("name")
+    assert (table["speed_kind"] == "packed").all() and (table["tokens_per_s"] > 0).all()
+
+
 def test_an_unknown_budget_router_selection_is_named():
     with pytest.raises(ValueError, match="budget_router_selection.*'best'.*calibration"):
         config_from_dict(RouterEvalConfig, {"budget_router_selection": "best"}, "evaluation")

@@ -9,6 +9,7 @@ from router_pipelines.models.packed import (
     PackedInt4Linear,
     PackedInt8Linear,
     pack_switchable_model,
+    packed_linear,
 )
 from router_pipelines.models.quant_modules import QuantLinear
 from router_pipelines.models.quantization import MultiWidthQuantizer, NestedQuantizer
@@ -219,3 +220,26 @@ def test_packed_model_with_quantized_tables_matches_fake_quant(bits):
 def test_packed_embedding_rejects_bad_codes():
     with pytest.raises(ValueError, match="scale: expected shape"):
         PackedEmbedding(torch.zeros(4, 8, dtype=torch.int8), torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    ("bits", "kind"), [(2, PackedInt4Linear), (4, PackedInt4Linear), (8, PackedInt8Linear)]
+)
+def test_packed_linear_runs_each_width_on_the_narrowest_kernel_that_holds_it(bits, kind):
+    model = tiny_switchable()
+    layer = model.quant_linears()["transformer.h.0.mlp.c_fc"]
+    layer.set_bits(bits, None)  # weight-only, like the kernels
+    packed = packed_linear(layer, bits)
+    x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(6))
+    with torch.inference_mode():
+        torch.testing.assert_close(packed(x), layer(x), rtol=1e-4, atol=1e-4)
+    assert isinstance(packed, kind)
+    codes, _ = layer.weight_codes(bits)  # a 2-bit layer keeps its own 2-bit codes
+    assert int(codes.abs().max()) <= 2 ** (bits - 1)
+
+
+@pytest.mark.parametrize("bits", [1, 16, True])
+def test_packed_linear_refuses_widths_without_a_kernel(bits):
+    layer = tiny_switchable().quant_linears()["transformer.h.0.mlp.c_fc"]
+    with pytest.raises(NotImplementedError, match=rf"no packed kernel for {bits!r}-bit"):
+        packed_linear(layer, bits)

@@ -7,11 +7,14 @@ import torch
 import torch.nn.functional as F
 from tiny_models import tiny_gpt2, tiny_llama
 
+from router_pipelines.models.packed import PackedInt4Linear, PackedInt8Linear
 from router_pipelines.models.precision_router import (
     LayerwiseQuantizeForCausalLM,
+    PackedRoutedLinear,
     RoutedQuantLinear,
     RouterConfig,
     differentiable_choice,
+    pack_precision_router,
 )
 from router_pipelines.models.ptq import post_training_quantize
 from router_pipelines.models.quant_modules import QuantLinear
@@ -282,3 +285,63 @@ def test_the_static_start_is_read_without_changing_the_router():
     assert all(torch.equal(v, state[k]) for k, v in expected.routers.state_dict().items())
     assert not all(torch.equal(before[k], state[k]) for k in before)
     assert bits == pytest.approx(4.0)
+
+
+def _weight_only(router: LayerwiseQuantizeForCausalLM) -> LayerwiseQuantizeForCausalLM:
+    """The router with activation fake quantization off: what packed kernels compute."""
+    for routed in router._routed:
+        for layer in routed:
+            layer.act_widths = [None] * len(layer.act_widths)
+    return router
+
+
+@pytest.mark.parametrize("granularity", ["sequence", "token"])
+def test_the_packed_router_runs_its_choices_on_real_kernels(granularity):
+    router = _router(granularity)
+    packed = pack_precision_router(router)
+    packed_bf16 = pack_precision_router(router, compute_dtype=torch.bfloat16)
+    reference = _weight_only(router)
+    batch = _varied_batch()
+    expected = reference.infer_forward(batch["input_ids"], batch["attention_mask"])
+    got = packed.infer_forward(batch["input_ids"], batch["attention_mask"])
+    got_bf16 = packed_bf16.infer_forward(batch["input_ids"], batch["attention_mask"])
+    assert len(set(expected["choices"].flatten().tolist())) > 1, "the test needs a mix"
+    assert torch.equal(got["choices"], expected["choices"])
+    torch.testing.assert_close(got["logits"], expected["logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_bf16["logits"], expected["logits"], rtol=3e-2, atol=3e-2)
+    for routed, source in zip(packed._routed, router._routed, strict=True):
+        for layer, original in zip(routed, source, strict=True):
+            assert isinstance(layer, PackedRoutedLinear) and layer.gates is None
+            kinds = [type(v) for v in layer.variants]
+            assert kinds == [PackedInt4Linear, PackedInt4Linear, PackedInt8Linear]  # 2, 4, 8
+            assert isinstance(original, RoutedQuantLinear)  # the source is not changed
+    assert not any(isinstance(m, RoutedQuantLinear) for m in packed.quantized.model.modules())
+
+
+def test_the_packed_router_follows_forced_widths_and_decodes_like_the_router():
+    router = _router("sequence")
+    packed = pack_precision_router(router)
+    reference = _weight_only(router)
+    batch = _batch(rows=1, length=6)
+    mixed = [2, 8]
+    forced_expected = reference.infer_forward(batch["input_ids"], forced=mixed)
+    forced_got = packed.infer_forward(batch["input_ids"], forced=mixed)
+    torch.testing.assert_close(
+        forced_got["logits"], forced_expected["logits"], rtol=1e-4, atol=1e-4
+    )
+    assert forced_got["choices"].tolist() == [mixed]
+    kwargs = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+    with reference.routing("infer"):
+        expected = reference.generate(input_ids=batch["input_ids"], **kwargs)
+    with packed.routing("infer"):
+        got = packed.generate(input_ids=batch["input_ids"], **kwargs)
+    assert torch.equal(got, expected)
+
+
+def test_packing_a_router_refuses_a_shape_the_int4_kernel_cannot_take():
+    torch.manual_seed(0)
+    router = LayerwiseQuantizeForCausalLM(_quantized(tiny_gpt2(n_embd=48)), RouterConfig())
+    with pytest.raises(
+        NotImplementedError, match=r"transformer\.h\.0\.attn\.c_attn: .*in_features=48"
+    ):
+        pack_precision_router(router)

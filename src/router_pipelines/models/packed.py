@@ -227,6 +227,35 @@ class PackedEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 codes"
 
 
+def packed_linear(
+    quant_linear: nn.Module, bits: int, compute_dtype: torch.dtype | None = None
+) -> _PackedLinear:
+    """``quant_linear``'s ``bits``-bit codes on the narrowest packed kernel that holds them.
+
+    2..4-bit codes run on the int4 kernel and 5..8-bit codes on the int8 one. The codes are
+    exact in both, so a 2-bit layer computes its own 2-bit weights at int4 speed: the kernel
+    is real, its speed is that of the wider kernel. This is what a per-layer mix of widths
+    (:func:`~router_pipelines.models.precision_router.pack_precision_router`) runs on.
+
+    Raises:
+        NotImplementedError: ``bits`` outside 2..8 (no kernel), or a shape the int4 kernel
+            cannot take (the message names the shape).
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise NotImplementedError(
+            f"bits: no packed kernel for {bits!r}-bit weights; 2..4-bit codes run on the int4 "
+            "kernel and 5..8-bit codes on the int8 one"
+        )
+    codes, scale = weight_codes(quant_linear, bits)
+    if bits > 4:
+        return PackedInt8Linear(codes, scale, quant_linear.bias, compute_dtype)
+    try:
+        _check_int4_shape(codes.shape[0], codes.shape[1], quant_linear.weight.device.type == "cuda")
+    except ValueError as err:
+        raise NotImplementedError(str(err)) from err
+    return PackedInt4Linear(codes, scale, quant_linear.bias, compute_dtype)
+
+
 def pack_switchable_model(
     model: nn.Module, bits: int, compute_dtype: torch.dtype | None = None
 ) -> nn.Module:

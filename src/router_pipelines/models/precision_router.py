@@ -20,6 +20,7 @@ precision control are unchanged; without gates it is the ``QuantLinear`` itself.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,6 +39,7 @@ from router_pipelines.models.layers import find_decoder_blocks
 from router_pipelines.models.precision_router_parts import (
     BitsTally,
     LayerRouter,
+    PackedRoutedLinear,
     RoutedQuantLinear,
     RouterConfig,
     differentiable_choice,
@@ -526,6 +528,44 @@ class _RoutedGenerate:
             for routed in router._routed:
                 for layer in routed:
                     layer.gates = None
+
+
+def pack_precision_router(
+    router: LayerwiseQuantizeForCausalLM, compute_dtype: torch.dtype | None = None
+) -> LayerwiseQuantizeForCausalLM:
+    """A copy of ``router`` whose routed linears run on packed kernels (inference only).
+
+    Every routed linear becomes a :class:`PackedRoutedLinear` holding its codes at each of the
+    router's widths, so the choices the routers make (or ``routing(forced=...)``) run real
+    int4 / int8 kernels: a per-layer mix is timed as it would deploy, not simulated. The
+    routers, features and sequence decisions are the router's own; ``router`` is not changed.
+    Weight-only (activation fake quantization dropped); the modules outside the blocks
+    (embeddings, LM head) stay as they are.
+
+    Args:
+        router: a :class:`LayerwiseQuantizeForCausalLM`.
+        compute_dtype: dtype the kernels run in (``None``: the activations'); ``torch.bfloat16``
+            is the fast one on CPUs with AVX-512-BF16 / AMX.
+
+    Raises:
+        NotImplementedError: a width outside 2..8 bits, or a layer shape the int4 kernel
+            cannot take; the message names the layer.
+    """
+    packed = copy.deepcopy(router)  # the hooks are partials of bound methods: they follow
+    names = {id(module): name for name, module in packed.quantized.model.named_modules()}
+    for index, routed in enumerate(packed._routed):
+        swapped = []
+        for layer in routed:
+            name = names[id(layer)]
+            try:
+                module = PackedRoutedLinear(layer, compute_dtype)
+            except NotImplementedError as err:
+                raise NotImplementedError(f"{name}: {err}") from err
+            parent, _, child = name.rpartition(".")
+            setattr(packed.quantized.model.get_submodule(parent), child, module)
+            swapped.append(module)
+        packed._routed[index] = swapped
+    return packed.eval()
 
 
 def load_precision_router(

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from router_pipelines.config import check_bool, check_choice, check_int, check_positive
+from router_pipelines.models.packed import packed_linear
 from router_pipelines.models.quant_modules import QuantLinear
 
 GRANULARITIES = ("sequence", "token")
@@ -100,6 +101,46 @@ class RoutedQuantLinear(QuantLinear):
         if out is None:
             raise ValueError("gates: no width has a non-zero gate")
         return out
+
+
+class PackedRoutedLinear(nn.Module):
+    """The packed counterpart of a :class:`RoutedQuantLinear`, for real-kernel inference.
+
+    Holds the layer's codes at every width on a packed kernel (``models.packed.packed_linear``:
+    2..4 bits on the int4 kernel, 5..8 on the int8 one) and runs each row on the kernel of the
+    width its hard ``gates`` ``(B, T or 1, n_widths)`` pick (the argmax; soft training gates are
+    not meant for it). Rows that pick the same width share one kernel call; a batch-1
+    per-sequence decode is one call per layer. Without gates it runs at the layer's current
+    width (the highest width when that is full precision).
+
+    Weight-only, like every packed module: activation fake quantization is dropped.
+    """
+
+    def __init__(self, layer: RoutedQuantLinear, compute_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.widths = list(layer.widths)
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.variants = nn.ModuleList(packed_linear(layer, b, compute_dtype) for b in self.widths)
+        current = layer.weight_bits
+        self.default_index = self.widths.index(current) if current in self.widths else -1
+        self.gates: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gates is None:
+            return self.variants[self.default_index](x)
+        choice = self.gates.argmax(-1).expand(x.shape[:-1]).reshape(-1)  # (N,) width index
+        used = choice.unique().tolist()
+        if len(used) == 1:
+            return self.variants[used[0]](x)
+        flat = x.reshape(-1, self.in_features)
+        out = flat.new_empty(flat.shape[0], self.out_features)
+        for index in used:
+            rows = (choice == index).nonzero().squeeze(1)
+            out[rows] = self.variants[index](flat[rows]).to(out.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, widths={self.widths}"
 
 
 def differentiable_choice(

@@ -8,31 +8,45 @@
 Every row gets ``mean_bits`` (the parameter-weighted mean width over the blocks' quantized
 linears, realised on the evaluation data for the router), ``budget``, ``layer_bits`` (JSON, the
 mean width per block) and ``bit_histogram`` (JSON, per block the share of decisions at each
-width). Speed is timed on fake-quantized weights: ``simulated``.
+width). Speed (``evaluation.speed.enabled``) is timed on real kernels: with ``speed.packed``
+(the default) each setting's :meth:`timed_model` is a packed copy of the router
+(:func:`~router_pipelines.models.precision_router.pack_precision_router`: every block on the
+int4 or int8 kernel of the width it runs at, the router's own decisions, weight-only), so its
+``speed_kind`` is ``packed``; without ``packed``, or where a width or shape has no kernel, the
+fake-quantized model is timed and labelled ``simulated``. Full precision is timed as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from router_pipelines.config import check_bool, check_choice, check_int, check_positive
+from router_pipelines.evaluation.settings import TimedModel
 from router_pipelines.evaluation.sweep import SweepConfig
 from router_pipelines.families.precision_router.allocation import mean_bits
 from router_pipelines.families.switchable.bits import bit_report
+from router_pipelines.families.switchable.settings import PackedSpeedConfig
 
 BUDGET_SELECTIONS = ("calibration", "none")
+PACKED_KIND = "packed"  # speed_kind of a setting timed on real int4 / int8 kernels
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class RouterEvalConfig(SweepConfig):
     """What the evaluation compares (batch and speed fields from the sweep)."""
 
+    # speed.packed (default true): time every mix on real packed kernels (module docstring)
+    speed: PackedSpeedConfig = field(default_factory=PackedSpeedConfig)
     budgets: list[float] = field(default_factory=lambda: [3.0, 4.0, 5.0, 6.0])
     random_per_budget: int = 2  # random assignments per budget
     seed: int = 0
@@ -72,6 +86,29 @@ class RouterEvalConfig(SweepConfig):
         check_choice("budget_router_selection", self.budget_router_selection, BUDGET_SELECTIONS)
 
 
+def packed_timed_model(
+    name: str,
+    model: nn.Module,
+    packed_dtype: str | None,
+    configure: Callable[[nn.Module], None],
+) -> TimedModel | None:
+    """A packed copy of the router ``model`` put in its setting's state by ``configure(copy)``,
+    or ``None`` (time ``model`` itself) when ``packed_dtype`` is None or a width or layer shape
+    has no kernel (logged)."""
+    if packed_dtype is None:
+        return None
+    from router_pipelines.models.precision_router import pack_precision_router
+
+    try:
+        packed = pack_precision_router(model, getattr(torch, packed_dtype))
+    except NotImplementedError as err:
+        logger.warning("%s: timing fake quantization instead: %s", name, err)
+        return None
+    packed.tally = None  # the copy of a tally being filled: the copy records nothing
+    configure(packed)
+    return TimedModel(packed, PACKED_KIND, packed_dtype)
+
+
 def _check_router(model: nn.Module) -> None:
     if not hasattr(model, "precisions") or not hasattr(model, "routing"):
         raise ValueError(f"model: {type(model).__name__} is not a LayerwiseQuantizeForCausalLM")
@@ -86,6 +123,7 @@ class StaticWidths:
     widths: tuple[int, ...] | None
     budget: float | None = None
     speed_kind: str = "simulated"
+    packed_dtype: str | None = None  # set: timed on packed kernels (timed_model)
 
     def validate(self, model: nn.Module) -> None:
         _check_router(model)
@@ -115,6 +153,17 @@ class StaticWidths:
                 yield
         finally:
             quantized.set_precision_map(saved)
+
+    def timed_model(self, model: nn.Module) -> TimedModel | None:
+        """The packed router with every block forced to its width (``None`` at full
+        precision, or without ``packed_dtype``: time ``model``)."""
+        if self.widths is None:
+            return None
+
+        def configure(packed: nn.Module) -> None:  # the state routing(forced=...) sets
+            packed.mode, packed.forced = "infer", list(self.widths)
+
+        return packed_timed_model(self.name, model, self.packed_dtype, configure)
 
     def columns(self, model: nn.Module) -> dict[str, Any]:
         params = model.layer_params.tolist()
@@ -146,6 +195,7 @@ class RouterAtBudget:
     speed_kind: str = "simulated"
     router_state: dict[str, Any] | None = field(default=None, repr=False)  # routers' weights
     selected: str | None = None  # budget routers: "trained", or "static start" (selection)
+    packed_dtype: str | None = None  # set: timed on packed kernels (timed_model)
     _tally: Any = field(default=None, repr=False)
 
     def validate(self, model: nn.Module) -> None:
@@ -160,6 +210,15 @@ class RouterAtBudget:
         ):
             self._tally = tally
             yield
+
+    def timed_model(self, model: nn.Module) -> TimedModel | None:
+        """The packed router deciding as this setting does: its routers' weights (the copy is
+        made inside :meth:`applied`, so they are already swapped in) and its price."""
+
+        def configure(packed: nn.Module) -> None:  # the state routing("infer", price) sets
+            packed.mode, packed.price, packed.forced = "infer", self.price, None
+
+        return packed_timed_model(self.name, model, self.packed_dtype, configure)
 
     def columns(self, model: nn.Module) -> dict[str, Any]:
         tally = self._tally
