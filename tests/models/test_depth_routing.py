@@ -136,8 +136,16 @@ def test_causal_mode_does_not_look_ahead_and_topk_does(dense, model_type):
         model(input_ids=ids)
         for module in model.routed_modules():  # some tokens computed, some skipped
             assert 0 < int(module.last.selected.sum()) < 16
-        a, b = model(input_ids=ids).logits, model(input_ids=changed).logits
-        assert torch.equal(a[:, : t + 1], b[:, : t + 1])
+        a = model(input_ids=ids).logits
+        chosen = [module.last.selected[:, : t + 1].clone() for module in model.routed_modules()]
+        b = model(input_ids=changed).logits
+        # the early tokens' routing decisions are exactly those of the unchanged sequence, and
+        # their logits equal to float rounding: the routed blocks gather a different number
+        # of later tokens, and the CPU matmul kernels may then sum in another order (6e-8
+        # measured on an AVX2 machine; a look-ahead moves them by > 1e-4, see below)
+        for before, module in zip(chosen, model.routed_modules(), strict=True):
+            assert torch.equal(module.last.selected[:, : t + 1], before)
+        assert_close(b[:, : t + 1], a[:, : t + 1], rtol=0, atol=1e-6)
         model.set_routing_mode("topk")
         a = model(input_ids=ids).logits
         # top-k looks ahead: some change of the future changes which early tokens are computed

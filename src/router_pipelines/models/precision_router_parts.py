@@ -124,14 +124,22 @@ class PackedRoutedLinear(nn.Module):
         current = layer.weight_bits
         self.default_index = self.widths.index(current) if current in self.widths else -1
         self.gates: torch.Tensor | None = None
+        self._decided: tuple[torch.Tensor, torch.Tensor, list[int]] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gates is None:
             return self.variants[self.default_index](x)
-        choice = self.gates.argmax(-1).expand(x.shape[:-1]).reshape(-1)  # (N,) width index
-        used = choice.unique().tolist()
+        if self._decided is not None and self._decided[0] is self.gates:
+            # the same gates object as the last call: a per-sequence decision reused while
+            # decoding; skips the argmax and the host sync of ``unique`` on every new token
+            _, choice, used = self._decided
+        else:
+            choice = self.gates.argmax(-1)  # (B, T or 1) width index
+            used = choice.unique().tolist()
+            self._decided = (self.gates, choice, used)
         if len(used) == 1:
             return self.variants[used[0]](x)
+        choice = choice.expand(x.shape[:-1]).reshape(-1)  # (N,)
         flat = x.reshape(-1, self.in_features)
         out = flat.new_empty(flat.shape[0], self.out_features)
         for index in used:
