@@ -358,16 +358,16 @@ def run(args: argparse.Namespace) -> None:
             "prefill_vs_fp32": round(prefill_tps / fp32_prefill, 3),
         }
         if row["kind"] != "simulated":
-            for layer in (m for r in router._routed for m in r):  # weight-only reference
+            layers = [m for r in router._routed for m in r]
+            saved = [layer.act_widths for layer in layers]
+            for layer in layers:  # the weight-only reference
                 layer.act_widths = [None] * len(layer.act_widths)
             ids = torch.randint(0, args.vocab_size, (1, args.prompt_len))
             got = row["model"].infer_forward(ids, forced=row["forced"])["logits"]
             expected = router.infer_forward(ids, forced=row["forced"])["logits"]
             speed["max_logit_diff_vs_simulated"] = round(float((got - expected).abs().max()), 5)
-            for layer in (m for r in router._routed for m in r):
-                layer.act_widths = [
-                    switchable.switchable_config.act_bits_for(b) for b in layer.widths
-                ]
+            for layer, widths in zip(layers, saved, strict=True):
+                layer.act_widths = widths
         speed_rows.append(speed)
         print(
             f"{row['name']:24s} decode {decode_tps:8.1f} tok/s (x{speed['decode_vs_fp32']:.2f})  "

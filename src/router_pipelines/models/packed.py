@@ -286,7 +286,6 @@ def pack_switchable_model(
     widths = model.switchable_config.bit_widths
     if bits not in widths:
         raise ValueError(f"bits: {bits} is not a width of this model; its widths are {widths}")
-    packed_cls = PackedInt8Linear if bits == 8 else PackedInt4Linear
     if bits == 4:  # check every shape before the (possibly large) copy
         for name, layer in model.quant_linears().items():
             on_cuda = layer.weight.device.type == "cuda"
@@ -303,7 +302,7 @@ def pack_switchable_model(
         if isinstance(layer, QuantEmbedding):
             packed = PackedEmbedding.from_quant_embedding(layer, bits)
         else:
-            packed = packed_cls.from_quant_linear(layer, compute_dtype)
+            packed = packed_linear(layer, bits, compute_dtype)
         setattr(parent, attr, packed)
     return packed_model
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,11 @@ BUDGET_SELECTIONS = ("calibration", "none")
 PACKED_KIND = "packed"  # speed_kind of a setting timed on real int4 / int8 kernels
 
 logger = logging.getLogger(__name__)
+# one packed copy per (router, compute dtype), shared by every setting of an evaluation: packing
+# deep-copies the model and packs every linear at each width, too costly to repeat per row
+_PACKED: weakref.WeakKeyDictionary[nn.Module, dict[str, nn.Module | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 @dataclass
@@ -92,19 +98,26 @@ def packed_timed_model(
     packed_dtype: str | None,
     configure: Callable[[nn.Module], None],
 ) -> TimedModel | None:
-    """A packed copy of the router ``model`` put in its setting's state by ``configure(copy)``,
-    or ``None`` (time ``model`` itself) when ``packed_dtype`` is None or a width or layer shape
-    has no kernel (logged)."""
+    """The packed copy of the router ``model`` (made once per model and dtype), with the
+    routers' current weights (a budget router's are swapped in while its setting is applied)
+    and put in its setting's state by ``configure(copy)``; or ``None`` (time ``model`` itself)
+    when ``packed_dtype`` is None or a width or layer shape has no kernel (logged)."""
     if packed_dtype is None:
         return None
     from router_pipelines.models.precision_router import pack_precision_router
 
-    try:
-        packed = pack_precision_router(model, getattr(torch, packed_dtype))
-    except NotImplementedError as err:
-        logger.warning("%s: timing fake quantization instead: %s", name, err)
+    copies = _PACKED.setdefault(model, {})
+    if packed_dtype not in copies:
+        try:
+            copies[packed_dtype] = pack_precision_router(model, getattr(torch, packed_dtype))
+            copies[packed_dtype].tally = None  # a copy of a tally being filled: record nothing
+        except NotImplementedError as err:
+            logger.warning("%s: timing fake quantization instead: %s", name, err)
+            copies[packed_dtype] = None
+    packed = copies[packed_dtype]
+    if packed is None:
         return None
-    packed.tally = None  # the copy of a tally being filled: the copy records nothing
+    packed.routers.load_state_dict(model.routers.state_dict())
     configure(packed)
     return TimedModel(packed, PACKED_KIND, packed_dtype)
 
@@ -212,8 +225,8 @@ class RouterAtBudget:
             yield
 
     def timed_model(self, model: nn.Module) -> TimedModel | None:
-        """The packed router deciding as this setting does: its routers' weights (the copy is
-        made inside :meth:`applied`, so they are already swapped in) and its price."""
+        """The packed router deciding as this setting does: its routers' weights (read inside
+        :meth:`applied`, where they are swapped in) and its price."""
 
         def configure(packed: nn.Module) -> None:  # the state routing("infer", price) sets
             packed.mode, packed.price, packed.forced = "infer", self.price, None
