@@ -18,7 +18,9 @@ from router_pipelines.families.precision_router import (
     StaticWidths,
     allocate_exact,
     allocate_greedy,
+    allocate_searched,
     calibrate_price,
+    calibration_loss,
     fisher_sensitivities,
     layer_sensitivities,
     make_router_loss,
@@ -26,6 +28,7 @@ from router_pipelines.families.precision_router import (
     precision_loss,
     random_assignments,
     realised_bits,
+    spending_assignments,
 )
 from router_pipelines.models.precision_router import LayerwiseQuantizeForCausalLM, RouterConfig
 from router_pipelines.models.ptq import post_training_quantize
@@ -94,6 +97,81 @@ def test_exact_allocator_matches_brute_force_on_a_tiny_model():
     for budget in (3.0, 4.0, 5.0, 6.0):
         exact = allocate_exact(sensitivity, params, WIDTHS, budget)
         assert exact == _brute_force(sensitivity, params, WIDTHS, budget)[1]
+
+
+@pytest.mark.parametrize("params", [[1024] * 4, [1024, 3072, 2048, 1024]])
+def test_spending_assignments_are_exactly_those_no_single_raise_fits(params):
+    widths = [2, 3, 4, 8]
+    for budget in (2.0, 2.5, 3.3, 5.0, 8.0):
+        brute = []
+        for config in itertools.product(widths, repeat=len(params)):
+            if mean_bits(config, params) > budget + 1e-9:
+                continue
+            raises = [
+                [*config[:i], widths[widths.index(b) + 1], *config[i + 1 :]]
+                for i, b in enumerate(config)
+                if b != widths[-1]
+            ]
+            if all(mean_bits(r, params) > budget + 1e-9 for r in raises):
+                brute.append(list(config))
+        assert spending_assignments(params, widths, budget, limit=10_000) == brute
+        if len(brute) > 1:  # over the limit: None, not a truncated list
+            assert spending_assignments(params, widths, budget, limit=len(brute) - 1) is None
+            assert spending_assignments(params, widths, budget, limit=len(brute)) == brute
+    assert spending_assignments(params, widths, 1.5, limit=10) == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_searched_allocator_on_a_separable_loss_is_the_exact_and_greedy_allocation(seed):
+    # loss(widths) = sum_l s[l, b_l], strictly decreasing in width: the exhaustive search must
+    # find the knapsack optimum, and the measured greedy the sensitivity greedy's choice
+    rng = np.random.default_rng(seed)
+    widths = [2, 3, 4, 8]
+    params = [1024] * 4 if seed % 2 else [1024, 3072, 2048, 1024]
+    sensitivity = np.sort(rng.exponential(1.0, (4, len(widths))), axis=1)[:, ::-1].copy()
+    sensitivity[:, -1] = 0
+    calls = []
+
+    def loss(config):
+        calls.append(config)
+        return float(sum(sensitivity[i, widths.index(b)] for i, b in enumerate(config)))
+
+    for budget in (2.5, 3.3, 5.0):
+        calls.clear()
+        found, how = allocate_searched(loss, params, widths, budget, max_evaluations=10_000)
+        assert how == "exhaustive"
+        assert found == allocate_exact(sensitivity, params, widths, budget)
+        assert len(calls) == len(spending_assignments(params, widths, budget, 10_000))
+        found, how = allocate_searched(loss, params, widths, budget, max_evaluations=1)
+        assert how == "greedy"
+        assert found == allocate_greedy(sensitivity, params, widths, budget)
+    assert allocate_searched(loss, params, widths, 1.5, max_evaluations=10) == (None, "exhaustive")
+
+
+def test_searched_allocator_on_a_tiny_model_is_the_measured_best_assignment():
+    router = _router(n_layer=3)
+    batches = _batches(2, 3)
+    params = [int(p) for p in router.layer_params.tolist()]
+    for budget in (3.0, 4.0, 5.0):
+        found, how = allocate_searched(
+            lambda c: calibration_loss(router, batches, c), params, WIDTHS, budget, 64
+        )
+        candidates = spending_assignments(params, WIDTHS, budget, 64)
+        losses = {tuple(c): calibration_loss(router, batches, c) for c in candidates}
+        assert how == "exhaustive" and tuple(found) == min(losses, key=losses.get)
+        # the loss it minimised is the model's: forcing those widths reproduces it
+        forced = router.infer_forward(
+            batches[0]["input_ids"], batches[0]["attention_mask"], forced=found
+        )["logits"]
+        assert calibration_loss(router, batches[:1], found) == pytest.approx(
+            float(
+                torch.nn.functional.cross_entropy(
+                    forced[:, :-1].reshape(-1, forced.shape[-1]),
+                    batches[0]["labels"][:, 1:].reshape(-1),
+                )
+            ),
+            rel=1e-6,
+        )
 
 
 def test_fisher_sensitivity_ranks_a_badly_quantized_layer_first_and_allocates_exactly():
@@ -250,3 +328,50 @@ def test_speed_is_timed_on_packed_kernels_that_follow_each_setting():
 def test_an_unknown_budget_router_selection_is_named():
     with pytest.raises(ValueError, match="budget_router_selection.*'best'.*calibration"):
         config_from_dict(RouterEvalConfig, {"budget_router_selection": "best"}, "evaluation")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("static_search", "yes", "static_search.*'yes'"),
+        ("search_max_evaluations", 0, "search_max_evaluations.*0"),
+    ],
+)
+def test_bad_static_search_settings_are_named(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        config_from_dict(RouterEvalConfig, {key: value}, "evaluation")
+
+
+def test_budget_routers_start_at_the_static_allocation_of_lowest_calibration_loss(monkeypatch):
+    from router_pipelines.pipelines.precision_router import budget_routers
+    from router_pipelines.pipelines.precision_router.evaluation_nodes import build_settings
+
+    router = _router(n_layer=3)
+    calibration = _batches(2, 3)
+    config = RouterEvalConfig(
+        budgets=[3.0, 5.0],
+        budget_routers=True,
+        budget_router_selection="none",
+        random_per_budget=0,
+        calibration_iterations=2,
+    )
+    started = {}
+
+    def record(router_, static_widths, budget, *args):
+        started[budget] = list(static_widths)
+        return router_.routers.state_dict()
+
+    monkeypatch.setattr(budget_routers, "train_budget_router", record)
+    sensitivity = layer_sensitivities(router, calibration)
+    settings = build_settings(router, sensitivity, calibration, config, (None, None, None))
+    static = {s.name: list(s.widths) for s in settings if s.kind.startswith("static_")}
+    assert {"static_searched_b3", "static_searched_b5", "static_exact_b3.5"} <= set(static)
+    for budget in (3.0, 5.0):
+        candidates = [w for n, w in static.items() if n.endswith(f"_b{budget:g}")]
+        assert len(candidates) == 3  # exact, greedy, searched
+        losses = [calibration_loss(router, calibration, w) for w in candidates]
+        assert started[budget] == candidates[int(np.argmin(losses))]
+        # the search is at least as good as the separable allocators on the rows it measured
+        searched = calibration_loss(router, calibration, static[f"static_searched_b{budget:g}"])
+        assert searched <= min(losses) + 1e-12
+    assert [s.kind for s in settings].count("budget_router") == 2

@@ -135,11 +135,12 @@ def test_ptq_slice_trains_the_router_only_and_compares_every_method(tmp_path):
 
     table = out["evaluation"].set_index("name")
     kinds = set(table["kind"])
-    assert {"fp", "uniform", "static_exact", "static_greedy", "random", "router"} <= kinds
-    assert "budget_router" in kinds  # a router per budget, started at the exact allocation
+    assert {"fp", "uniform", "static_exact", "static_greedy", "static_searched", "router"} <= kinds
+    assert {"random", "budget_router"} <= kinds  # a router per budget, from a static start
     assert table.loc["uniform_2bit", "mean_bits"] == 2 and table.loc["fp", "mean_bits"] == 16
     for budget in (3, 5):
         assert table.loc[f"static_exact_b{budget}", "mean_bits"] <= budget
+        assert table.loc[f"static_searched_b{budget}", "mean_bits"] <= budget
         histogram = json.loads(table.loc[f"router_b{budget}", "bit_histogram"])
         assert len(histogram) == 2 and all(sum(h.values()) == pytest.approx(1) for h in histogram)
     assert np.isfinite(table["perplexity"]).all() and np.isfinite(table["bits_per_byte"]).all()
@@ -266,8 +267,9 @@ def test_a_budget_router_is_selected_on_the_calibration_rows(
     tmp_path, monkeypatch, losses, selected
 ):
     """budget_router_selection: calibration keeps the static start where training did not
-    lower the calibration loss, and that start *is* the exact static allocation on held-out
-    rows; with a lower trained loss (or selection none) the trained router is kept."""
+    lower the calibration loss, and that start *is* its static allocation (the searched one, of
+    lowest calibration loss) on held-out rows; with a lower trained loss (or selection none)
+    the trained router is kept."""
     from router_pipelines.pipelines.precision_router import evaluation_nodes
 
     seen: list[str] = []
@@ -288,7 +290,8 @@ def test_a_budget_router_is_selected_on_the_calibration_rows(
     table = out["evaluation"].set_index("name")
     results = {e["budget"]: e for e in out["router_results"]["per_budget"]}
     for budget in (3, 5):
-        row, static = table.loc[f"budget_router_b{budget}"], table.loc[f"static_exact_b{budget}"]
+        row = table.loc[f"budget_router_b{budget}"]
+        static = table.loc[f"static_searched_b{budget}"]
         assert row["selected"] == selected
         assert results[budget]["budget_router_selected"] == selected
         if selected == "static start":

@@ -4,12 +4,15 @@ calibration and evaluation settings."""
 from router_pipelines.families.precision_router.allocation import (
     allocate_exact,
     allocate_greedy,
+    allocate_searched,
     calibrate_price,
+    calibration_loss,
     fisher_sensitivities,
     layer_sensitivities,
     mean_bits,
     random_assignments,
     realised_bits,
+    spending_assignments,
 )
 from router_pipelines.families.precision_router.loss import (
     RouterLossConfig,
@@ -29,7 +32,9 @@ __all__ = [
     "StaticWidths",
     "allocate_exact",
     "allocate_greedy",
+    "allocate_searched",
     "calibrate_price",
+    "calibration_loss",
     "fisher_sensitivities",
     "layer_sensitivities",
     "make_router_loss",
@@ -37,4 +42,5 @@ __all__ = [
     "precision_loss",
     "random_assignments",
     "realised_bits",
+    "spending_assignments",
 ]

@@ -59,9 +59,13 @@ class RouterEvalConfig(SweepConfig):
     calibration_examples: int = 64  # random training rows the router did not train on
     calibration_batch_size: int = 8
     calibration_iterations: int = 12  # bisection steps of the price per budget
-    half_bit_static: bool = True  # also the exact allocation at budget + 0.5 (gap recovery)
+    half_bit_static: bool = True  # also the static allocations at budget + 0.5 (gap recovery)
     sensitivity: str = "loss"  # loss (measured loss increase) | fisher (Fisher-weighted error)
-    budget_routers: bool = False  # also a router per budget, started at the exact allocation
+    # also the static assignment searched on measured calibration losses (allocate_searched):
+    # exhaustive up to search_max_evaluations assignments per budget, else a measured greedy
+    static_search: bool = True
+    search_max_evaluations: int = 64
+    budget_routers: bool = False  # also a router per budget, started at its best static one
     budget_router_steps: int = 32  # its optimizer steps (target_bits = the budget)
     budget_router_learning_rate: float = 3e-3
     static_init_margin: float = 3.0  # logit margin of the static width at initialisation
@@ -85,6 +89,8 @@ class RouterEvalConfig(SweepConfig):
         check_int("calibration_batch_size", self.calibration_batch_size, minimum=1)
         check_int("calibration_iterations", self.calibration_iterations, minimum=1)
         check_choice("sensitivity", self.sensitivity, ("loss", "fisher"))
+        check_bool("static_search", self.static_search)
+        check_int("search_max_evaluations", self.search_max_evaluations, minimum=1)
         check_bool("budget_routers", self.budget_routers)
         check_int("budget_router_steps", self.budget_router_steps, minimum=1)
         check_positive("budget_router_learning_rate", self.budget_router_learning_rate)
@@ -132,7 +138,7 @@ class StaticWidths:
     """The same width per block for every input; ``widths`` None: full precision."""
 
     name: str
-    kind: str  # uniform | static_exact | static_greedy | random | fp
+    kind: str  # uniform | static_exact | static_greedy | static_searched | random | fp
     widths: tuple[int, ...] | None
     budget: float | None = None
     speed_kind: str = "simulated"

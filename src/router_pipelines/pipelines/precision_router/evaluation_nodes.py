@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any
@@ -14,6 +15,7 @@ KIND_STYLE = {  # marker, colour of each method in the Pareto plot
     "uniform": ("s", "tab:gray"),
     "static_exact": ("D", "tab:blue"),
     "static_greedy": ("v", "tab:cyan"),
+    "static_searched": ("^", "tab:green"),
     "random": ("x", "tab:olive"),
     "router": ("o", "tab:red"),
     "budget_router": ("P", "tab:purple"),
@@ -30,11 +32,11 @@ def evaluate_router(
     """Perplexity, bits per byte and realised mean bits of every method at every budget.
 
     On calibration rows (a seeded random sample of the training rows the router was not
-    trained on, see ``row_split``): per-layer sensitivities
-    for the exact and greedy static allocators, and the router's price for each budget. On the
-    validation split: uniform widths, full precision, the exact and greedy static assignments,
-    seeded random assignments and the router at each budget (plus the exact assignment at
-    budget + 0.5 bits, for the gap-recovery figure).
+    trained on, see ``row_split``): per-layer sensitivities for the exact and greedy static
+    allocators, the measured losses of the searched one, and the router's price for each
+    budget. On the validation split: uniform widths, full precision, the exact, greedy and
+    searched static assignments, seeded random assignments and the router at each budget
+    (plus the static assignments at budget + 0.5 bits, for the gap-recovery figure).
 
     Returns:
         The evaluation table, the Pareto plot (perplexity against mean bits, every method) and
@@ -152,14 +154,16 @@ def build_settings(
     budget_training: tuple[Any, Any, Any] | None = None,
 ) -> list[Any]:
     """Every setting the evaluation compares; ``budget_training`` (training rows, parsed
-    training config, calibration rows) also trains a router per budget from the exact
-    allocation."""
+    training config, calibration rows) also trains a router per budget from its best static
+    allocation (the one with the lowest calibration loss)."""
     from router_pipelines.families.precision_router import (
         RouterAtBudget,
         StaticWidths,
         allocate_exact,
         allocate_greedy,
+        allocate_searched,
         calibrate_price,
+        calibration_loss,
         random_assignments,
     )
 
@@ -172,8 +176,14 @@ def build_settings(
     static_budgets = list(config.budgets)
     if config.half_bit_static:
         static_budgets += [b + 0.5 for b in config.budgets if b + 0.5 <= widths[-1]]
-    exact: dict[float, list[int]] = {}
+
+    @functools.cache
+    def loss_of(assignment: tuple[int, ...]) -> float:  # shared by every budget's search
+        return calibration_loss(router, calibration, assignment)
+
+    starts: dict[float, list[int]] = {}  # the budget routers' static starts
     for budget in dict.fromkeys(static_budgets):
+        found: dict[str, list[int]] = {}
         for kind, allocate in (
             ("static_exact", allocate_exact),
             ("static_greedy", allocate_greedy),
@@ -182,9 +192,18 @@ def build_settings(
                 continue
             chosen = allocate(sensitivity, params, widths, budget)
             if chosen is not None:
-                settings.append(StaticWidths(f"{kind}_b{budget:g}", kind, tuple(chosen), budget))
-                if kind == "static_exact":
-                    exact[budget] = chosen
+                found[kind] = chosen
+        if config.static_search:
+            chosen, how = allocate_searched(
+                loss_of, params, widths, budget, config.search_max_evaluations, found.values()
+            )
+            if chosen is not None:
+                found["static_searched"] = chosen
+                logger.info("static search at %.2g bits (%s): %s", budget, how, chosen)
+        for kind, chosen in found.items():
+            settings.append(StaticWidths(f"{kind}_b{budget:g}", kind, tuple(chosen), budget))
+        if found and budget in config.budgets and budget_training is not None:
+            starts[budget] = min(found.values(), key=lambda c: loss_of(tuple(c)))
     for budget in config.budgets:
         for index, chosen in enumerate(
             random_assignments(
@@ -204,9 +223,11 @@ def build_settings(
             calibrated,
         )
         settings.append(RouterAtBudget(f"router_b{budget:g}", budget, price, calibrated))
-        if budget_training is not None and budget in exact:
+        if budget_training is not None and budget in starts:
             settings.append(
-                _budget_router(router, exact[budget], budget, calibration, config, *budget_training)
+                _budget_router(
+                    router, starts[budget], budget, calibration, config, *budget_training
+                )
             )
     return settings
 
@@ -221,7 +242,7 @@ def _budget_router(
     training: Any,
     calibration_set: Any,
 ) -> Any:
-    """The router trained for ``budget`` from its exact allocation, price-calibrated; with
+    """The router trained for ``budget`` from ``static_widths``, price-calibrated; with
     ``budget_router_selection: calibration``, its static start instead when training did not
     lower the loss on the calibration rows (rows neither the router nor it trained on)."""
     from router_pipelines.families.precision_router import RouterAtBudget, calibrate_price
@@ -356,16 +377,15 @@ def comparison(
 
     per_budget = []
     for budget in budgets:
-        router, exact, greedy = (
+        router, exact, greedy, searched = (
             at(f"router_b{budget:g}"),
             at(f"static_exact_b{budget:g}"),
             at(f"static_greedy_b{budget:g}"),
+            at(f"static_searched_b{budget:g}"),
         )
-        half = at(f"static_exact_b{budget + 0.5:g}")
         randoms = [r for n, r in rows.items() if n.startswith(f"random_b{budget:g}_")]
-        static_best = min(
-            (r for r in (exact, greedy) if r), key=lambda r: r["perplexity"], default=None
-        )
+        static_best = _best(exact, greedy, searched)
+        half = _best(*(at(f"static_{k}_b{budget + 0.5:g}") for k in ("exact", "searched")))
         entry: dict[str, Any] = {
             "budget": budget,
             "router_perplexity": router["perplexity"] if router else None,
@@ -374,6 +394,8 @@ def comparison(
             "static_exact_perplexity": exact["perplexity"] if exact else None,
             "static_exact_mean_bits": exact["mean_bits"] if exact else None,
             "static_greedy_perplexity": greedy["perplexity"] if greedy else None,
+            "static_searched_perplexity": searched["perplexity"] if searched else None,
+            "static_searched_mean_bits": searched["mean_bits"] if searched else None,
             "best_static_perplexity": static_best["perplexity"] if static_best else None,
             "best_random_perplexity": min((r["perplexity"] for r in randoms), default=None),
             "static_half_bit_perplexity": half["perplexity"] if half else None,
@@ -382,8 +404,9 @@ def comparison(
             entry["router_bits_within_0.1"] = bool(abs(router["mean_bits"] - budget) <= 0.1)
         if router and static_best:
             entry["router_at_or_below_static"] = _at_or_below(router, static_best)
-        if router and exact and half and exact["perplexity"] > half["perplexity"]:
-            entry["gap_recovery"] = _recovery(router, exact, half)
+        gap = bool(static_best and half and static_best["perplexity"] > half["perplexity"])
+        if router and gap:
+            entry["gap_recovery"] = _recovery(router, static_best, half)
         tuned = at(f"budget_router_b{budget:g}")
         if tuned:
             entry["budget_router_perplexity"] = tuned["perplexity"]
@@ -393,8 +416,8 @@ def comparison(
             entry["budget_router_bits_within_0.1"] = bool(abs(tuned["mean_bits"] - budget) <= 0.1)
             if static_best:
                 entry["budget_router_at_or_below_static"] = _at_or_below(tuned, static_best)
-            if exact and half and exact["perplexity"] > half["perplexity"]:
-                entry["budget_router_gap_recovery"] = _recovery(tuned, exact, half)
+            if gap:
+                entry["budget_router_gap_recovery"] = _recovery(tuned, static_best, half)
         per_budget.append(entry)
     recoveries = [e["gap_recovery"] for e in per_budget if e.get("gap_recovery") is not None]
     tuned_recoveries = [
@@ -442,8 +465,10 @@ def comparison(
         "definitions": {
             "mean_bits": "parameter-weighted mean weight width over the decoder blocks' quantized "
             "linears (scales not counted), realised on the evaluation data for the router",
-            "gap_recovery": "(ppl static_exact(b) - ppl router(b)) / (ppl static_exact(b) - "
-            "ppl static_exact(b + 0.5))",
+            "best_static": "the lowest perplexity of the static allocations (exact, greedy, "
+            "searched) at the budget",
+            "gap_recovery": "(ppl best_static(b) - ppl router(b)) / (ppl best_static(b) - "
+            "ppl best_static(b + 0.5)); at b + 0.5 the exact and searched allocations",
             "speed_kind": "packed: the router's choices on real int4 / int8 kernels (2-bit codes on "
             "the int4 kernel; weight-only), with evaluation.speed.packed; simulated: "
             "fake-quantized weights",
@@ -459,10 +484,15 @@ def _at_or_below(router: dict, static: dict) -> bool:
     )
 
 
-def _recovery(router: dict, exact: dict, half: dict) -> float:
+def _best(*rows: dict | None) -> dict | None:
+    """The row of lowest perplexity among those present."""
+    return min((r for r in rows if r), key=lambda r: r["perplexity"], default=None)
+
+
+def _recovery(router: dict, static: dict, half: dict) -> float:
     """Share of the static gap between ``b`` and ``b + 0.5`` bits the router recovers."""
-    gap = exact["perplexity"] - half["perplexity"]
-    return (exact["perplexity"] - router["perplexity"]) / gap
+    gap = static["perplexity"] - half["perplexity"]
+    return (static["perplexity"] - router["perplexity"]) / gap
 
 
 def _nan(value: Any) -> bool:
