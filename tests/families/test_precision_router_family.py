@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -138,14 +139,20 @@ def test_searched_allocator_on_a_separable_loss_is_the_exact_and_greedy_allocati
 
     for budget in (2.5, 3.3, 5.0):
         calls.clear()
-        found, how = allocate_searched(loss, params, widths, budget, max_evaluations=10_000)
+        found, how = allocate_searched(loss, params, widths, budget, exhaustive_limit=10_000)
         assert how == "exhaustive"
         assert found == allocate_exact(sensitivity, params, widths, budget)
         assert len(calls) == len(spending_assignments(params, widths, budget, 10_000))
-        found, how = allocate_searched(loss, params, widths, budget, max_evaluations=1)
+        found, how = allocate_searched(loss, params, widths, budget, exhaustive_limit=1)
         assert how == "greedy"
         assert found == allocate_greedy(sensitivity, params, widths, budget)
-    assert allocate_searched(loss, params, widths, 1.5, max_evaluations=10) == (None, "exhaustive")
+    assert allocate_searched(loss, params, widths, 1.5, exhaustive_limit=10) == (None, "exhaustive")
+    # the greedy descent does not depend on the budget: memoised, every budget shares one
+    calls.clear()
+    cached = functools.cache(loss)
+    for budget in (2.2, 2.5, 3.0, 3.3, 4.0, 5.0, 6.0, 7.0):
+        allocate_searched(cached, params, widths, budget, exhaustive_limit=1)
+    assert len(calls) <= 4 * 4 * (len(widths) - 1) + 1
 
 
 def test_searched_allocator_on_a_tiny_model_is_the_measured_best_assignment():
@@ -334,7 +341,7 @@ def test_an_unknown_budget_router_selection_is_named():
     ("key", "value", "message"),
     [
         ("static_search", "yes", "static_search.*'yes'"),
-        ("search_max_evaluations", 0, "search_max_evaluations.*0"),
+        ("search_exhaustive_limit", 0, "search_exhaustive_limit.*0"),
     ],
 )
 def test_bad_static_search_settings_are_named(key, value, message):

@@ -17,7 +17,7 @@ width. At low budgets the other layers are not at the highest width, and the sum
 assignments wrongly (on the 1,000-step ``tiny`` base at 2.5 bits the exact allocation lost to
 seeded random ones). :func:`allocate_searched` does not assume it: it measures the calibration
 loss of whole assignments, every assignment that spends the budget when there are at most
-``max_evaluations`` of them, otherwise a greedy descent on measured losses, and keeps the best
+``exhaustive_limit`` of them, otherwise a greedy descent on measured losses, and keeps the best
 of those and of the other allocators' choices.
 
 :func:`fisher_sensitivities` is the cheaper estimate (``sensitivity: fisher``): the
@@ -233,17 +233,19 @@ def allocate_searched(
     layer_params: Sequence[int],
     widths: Sequence[int],
     budget: float,
-    max_evaluations: int,
+    exhaustive_limit: int,
     extra: Sequence[Sequence[int]] = (),
 ) -> tuple[list[int] | None, str]:
     """The assignment within ``budget`` with the lowest measured ``loss(widths)`` (calibration
     loss of the whole assignment) and how it was found:
 
     - ``exhaustive``: the best of every assignment that spends the budget
-      (:func:`spending_assignments`), when there are at most ``max_evaluations``;
+      (:func:`spending_assignments`), when there are at most ``exhaustive_limit``;
     - ``greedy``: otherwise, from all-highest, lower one layer to its next width at a time,
       the one whose measured loss increase per parameter-weighted bit saved is the smallest,
-      until the budget holds (``L`` evaluations a move, at most ``L * (n_widths - 1)`` moves).
+      until the budget holds (``L`` evaluations a move, at most ``L * (n_widths - 1)`` moves;
+      the descent does not depend on the budget, so with a memoised ``loss`` every budget
+      shares one).
 
     Either way the ``extra`` assignments (those of the other allocators) compete too: a loss
     need not fall with every added bit, so an assignment that leaves part of the budget unspent
@@ -256,7 +258,7 @@ def allocate_searched(
         pool = candidates + extras
         return min(pool, key=lambda c: (loss(tuple(c)), -sum(c))) if pool else None
 
-    candidates = spending_assignments(layer_params, widths, budget, max_evaluations)
+    candidates = spending_assignments(layer_params, widths, budget, exhaustive_limit)
     if candidates is not None:
         return best(candidates), "exhaustive"
     total = float(sum(layer_params))

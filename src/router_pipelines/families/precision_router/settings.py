@@ -62,9 +62,10 @@ class RouterEvalConfig(SweepConfig):
     half_bit_static: bool = True  # also the static allocations at budget + 0.5 (gap recovery)
     sensitivity: str = "loss"  # loss (measured loss increase) | fisher (Fisher-weighted error)
     # also the static assignment searched on measured calibration losses (allocate_searched):
-    # exhaustive up to search_max_evaluations assignments per budget, else a measured greedy
+    # exhaustive when at most search_exhaustive_limit assignments spend a budget, else a greedy
+    # descent on measured losses (up to L * L * (n_widths - 1) evaluations, shared by budgets)
     static_search: bool = True
-    search_max_evaluations: int = 64
+    search_exhaustive_limit: int = 64
     budget_routers: bool = False  # also a router per budget, started at its best static one
     budget_router_steps: int = 32  # its optimizer steps (target_bits = the budget)
     budget_router_learning_rate: float = 3e-3
@@ -90,7 +91,7 @@ class RouterEvalConfig(SweepConfig):
         check_int("calibration_iterations", self.calibration_iterations, minimum=1)
         check_choice("sensitivity", self.sensitivity, ("loss", "fisher"))
         check_bool("static_search", self.static_search)
-        check_int("search_max_evaluations", self.search_max_evaluations, minimum=1)
+        check_int("search_exhaustive_limit", self.search_exhaustive_limit, minimum=1)
         check_bool("budget_routers", self.budget_routers)
         check_int("budget_router_steps", self.budget_router_steps, minimum=1)
         check_positive("budget_router_learning_rate", self.budget_router_learning_rate)

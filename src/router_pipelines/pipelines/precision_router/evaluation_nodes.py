@@ -195,7 +195,7 @@ def build_settings(
                 found[kind] = chosen
         if config.static_search:
             chosen, how = allocate_searched(
-                loss_of, params, widths, budget, config.search_max_evaluations, found.values()
+                loss_of, params, widths, budget, config.search_exhaustive_limit, found.values()
             )
             if chosen is not None:
                 found["static_searched"] = chosen
