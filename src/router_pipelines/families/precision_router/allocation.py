@@ -73,17 +73,13 @@ def layer_sensitivities(router: Any, batches: Sequence[dict[str, torch.Tensor]])
     """``(L, n_widths)`` loss increase of each layer alone at each width (see module doc)."""
     widths = router.precisions
     top = widths[-1]
-
-    def loss_at(config: list[int]) -> float:
-        return calibration_loss(router, batches, config)
-
-    reference = loss_at([top] * router.num_layers)
+    reference = calibration_loss(router, batches, [top] * router.num_layers)
     table = np.zeros((router.num_layers, len(widths)))
     for layer in range(router.num_layers):
         for column, bits in enumerate(widths[:-1]):
             config = [top] * router.num_layers
             config[layer] = bits
-            table[layer, column] = loss_at(config) - reference
+            table[layer, column] = calibration_loss(router, batches, config) - reference
     return table
 
 
@@ -234,7 +230,7 @@ def allocate_searched(
     widths: Sequence[int],
     budget: float,
     exhaustive_limit: int,
-    extra: Sequence[Sequence[int]] = (),
+    extra: Iterable[Sequence[int]] = (),
 ) -> tuple[list[int] | None, str]:
     """The assignment within ``budget`` with the lowest measured ``loss(widths)`` (calibration
     loss of the whole assignment) and how it was found:
